@@ -1,0 +1,1 @@
+"""Benchmarks behind `cli.py bench …`: each times a baseline in the same run and prints a ratio."""

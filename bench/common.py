@@ -1,0 +1,50 @@
+"""Shared benchmark plumbing: data to time on, result printing and JSON."""
+
+from __future__ import annotations
+
+import os
+import platform
+import tempfile
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from common.atomic import write_json
+from pipeline.manifest import MANIFEST
+
+
+def machine() -> dict[str, Any]:
+    import torch
+
+    info = {"cpu_cores": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
+            "torch": torch.__version__, "torch_threads": torch.get_num_threads()}
+    if torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name(0)
+    return info
+
+
+def data_or_synthetic(data_dir: str | Path, n_train: int = 10_000, n_test: int = 1_000,
+                      log: Callable[[str], None] = print) -> tuple[Path, str]:
+    """The prepared folder if it exists, else a synthetic one (random pixels) in a temp dir."""
+    data_dir = Path(data_dir)
+    if (data_dir / MANIFEST).is_file():
+        return data_dir, f"prepared data in {data_dir}/"
+    from pipeline.cifar_source import CifarData, Split
+    from pipeline.prepare import write_prepared
+
+    rng = np.random.default_rng(0)
+
+    def split(n: int) -> Split:
+        return Split(rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8), np.arange(n) % 10)
+
+    out = Path(tempfile.mkdtemp(prefix="cifar-bench-"))
+    log(f"no prepared data in {data_dir}/; timing a synthetic set of {n_train:,} images in {out}")
+    write_prepared(CifarData(split(n_train), split(n_test), "synthetic", False), out)
+    return out, f"synthetic random images ({n_train:,})"
+
+
+def report(results: dict[str, Any], json_path: str | Path | None, log: Callable[[str], None] = print) -> None:
+    if json_path is not None:
+        write_json(json_path, results)
+        log(f"wrote {json_path}")

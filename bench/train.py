@@ -1,0 +1,112 @@
+"""`bench train`: is the loader ever the bottleneck?
+
+(a) the full train step fed by this loader, (b) the same step on synthetic tensors already in
+memory (model-only, the ceiling), (c) a plain baseline: torchvision DataLoader, NCHW fp32, no AMP.
+a/b near 1 means the loader keeps up. On CPU, (b) is also timed in the other memory format, which
+is how the CPU default (NCHW) was chosen.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+import torch
+import torch.nn.functional as F
+
+from common.config import AugmentConfig, ModelConfig
+from models import build_model
+from training.device import DeviceSetup, resolve_device
+
+
+def _steps_rate(batches: Iterable, setup: DeviceSetup, warmup: int, steps: int, norm: str) -> float:
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(norm=norm)).to(setup.device)
+    if setup.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    opt = torch.optim.SGD(model.parameters(), lr=0.03, momentum=0.9, weight_decay=5e-4)
+    scaler = torch.amp.GradScaler(setup.device.type, enabled=setup.use_scaler)
+    model.train()
+    seen, start = 0, 0.0
+    for i, (x, y) in enumerate(batches):
+        if i == warmup:
+            if setup.device.type == "cuda":
+                torch.cuda.synchronize()
+            start, seen = time.perf_counter(), 0
+        if i >= warmup + steps:
+            break
+        x, y = x.to(setup.device, non_blocking=True), y.to(setup.device, non_blocking=True)
+        x = x.contiguous(memory_format=torch.channels_last if setup.channels_last else torch.contiguous_format)
+        with setup.autocast():
+            loss = F.cross_entropy(model(x), y)
+        opt.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scaler.step(opt)
+        scaler.update()
+        seen += len(y)
+    if setup.device.type == "cuda":
+        torch.cuda.synchronize()
+    return seen / (time.perf_counter() - start)
+
+
+def _repeat(loader: Any) -> Iterable:
+    while True:
+        yield from loader
+
+
+def _synthetic(batch_size: int, device: torch.device) -> Iterable:
+    x = torch.randn(batch_size, 3, 32, 32, device=device)
+    y = torch.randint(0, 10, (batch_size,), device=device)
+    while True:
+        yield x, y
+
+
+def bench_train(data_dir: str | Path = "data", batch_size: int = 128, steps: int | None = None,
+                warmup: int = 2, device: str = "auto", norm: str = "layer",
+                log: Callable[[str], None] = print) -> dict[str, Any]:
+    from bench.common import data_or_synthetic, machine
+    from bench.loader import _train_images
+    from pipeline.loader import make_loader
+
+    setup = resolve_device(device)
+    steps = steps or (50 if setup.device.type == "cuda" else 6)
+    data_dir, what = data_or_synthetic(data_dir, log=log)
+    log(f"timing {steps} steps of {batch_size} (after {warmup} warm-up) on {setup.describe()}; {what}")
+    loader = make_loader(data_dir, "train", batch_size, AugmentConfig(), seed=0, device=setup.device, copy=False)
+    rate_a = _steps_rate(_repeat(loader), setup, warmup, steps, norm)
+    log(f"(a) train step fed by the FFCV loader:          {rate_a:>9,.1f} img/s")
+    rate_b = _steps_rate(_synthetic(batch_size, setup.device), setup, warmup, steps, norm)
+    log(f"(b) same step, synthetic tensors in memory:     {rate_b:>9,.1f} img/s")
+    other = DeviceSetup(setup.device, setup.amp_dtype, not setup.channels_last, setup.use_scaler)
+    rate_b_other = _steps_rate(_synthetic(batch_size, setup.device), other, warmup, steps, norm)
+    fmt = "channels-last" if other.channels_last else "NCHW"
+    log(f"    (b) in {fmt} instead:                 {rate_b_other:>9,.1f} img/s")
+
+    from torch.utils.data import DataLoader, TensorDataset
+    from torchvision import transforms as T
+
+    images, labels = _train_images(data_dir)
+    mean = torch.tensor(loader.info.mean).view(3, 1, 1) / 255
+    std = torch.tensor(loader.info.std).view(3, 1, 1) / 255
+    tf = T.Compose([T.RandomCrop(32, padding=4), T.RandomHorizontalFlip(), T.RandomRotation(5),
+                    T.Normalize(mean.flatten().tolist(), std.flatten().tolist()),
+                    T.RandomErasing(p=0.5, scale=(0.25, 0.25), ratio=(1.0, 1.0), value=0)])
+
+    class Augmented(TensorDataset):
+        def __getitem__(self, i: int):
+            x, y = super().__getitem__(i)
+            return tf(x.permute(2, 0, 1).float() / 255), y
+
+    n = min(len(labels), batch_size * (warmup + steps + 2))
+    tv = DataLoader(Augmented(torch.from_numpy(images[:n]), torch.from_numpy(labels[:n])),
+                    batch_size=batch_size, shuffle=True, num_workers=os.cpu_count() or 1, drop_last=True)
+    plain = DeviceSetup(setup.device, None, False, False)
+    rate_c = _steps_rate(_repeat(tv), plain, warmup, steps, norm)
+    log(f"(c) baseline: torchvision DataLoader, NCHW fp32: {rate_c:>9,.1f} img/s")
+    log(f"a/b = {rate_a / rate_b:.2f} (loader overhead {100 * (1 - rate_a / rate_b):.0f}%),  a/c = {rate_a / rate_c:.2f}x")
+    return {"benchmark": "train", "device": setup.describe(), "data": what, "batch_size": batch_size,
+            "steps": steps, "loader_img_s": rate_a, "model_only_img_s": rate_b,
+            "model_only_other_format_img_s": rate_b_other, "other_format": fmt, "baseline_img_s": rate_c,
+            "ratio": rate_a / rate_b, "ratio_vs_baseline": rate_a / rate_c, "machine": machine()}

@@ -1,0 +1,223 @@
+#!/usr/bin/env python
+"""Command line for the CIFAR-10 toolkit: prepare → train → explain / evaluate, plus benchmarks.
+
+The CLI only parses flags into configs and calls one library function per command. Heavy imports
+(torch, FFCV, matplotlib) happen inside the commands, so `--help` stays instant and commands that
+never read betons never import FFCV.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import sys
+from pathlib import Path
+from typing import Callable, List, Optional
+
+import typer
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common.errors import UserError  # noqa: E402  (no heavy imports behind this)
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Train and explain a ResNet-18 on CIFAR-10 with an FFCV loader.")
+bench_app = typer.Typer(no_args_is_help=True, help="Benchmarks; each compares against a baseline in the same run.")
+app.add_typer(bench_app, name="bench")
+
+
+def _fail(message: str, code: int = 2) -> None:
+    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
+    raise typer.Exit(code)
+
+
+def user_errors(fn: Callable) -> Callable:
+    """Turn UserError into one red line and exit 2; Ctrl-C into exit 130. Bugs keep tracebacks."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except UserError as exc:
+            _fail(str(exc), exc.exit_code)
+        except KeyboardInterrupt:
+            typer.secho("interrupted", err=True)
+            raise typer.Exit(130)
+
+    return wrapper
+
+
+@app.command()
+@user_errors
+def prepare(
+    source: Optional[Path] = typer.Option(None, help="Local cifar-10-python.tar.gz or extracted cifar-10-batches-py/ folder; default: download the official archive."),
+    out: Path = typer.Option(Path("data"), help="Folder for train.beton, test.beton and manifest.json."),
+    limit: Optional[int] = typer.Option(None, help="Write only the first N images of each split (quick experiments)."),
+    force: bool = typer.Option(False, help="Rewrite even when valid outputs already exist."),
+) -> None:
+    """Write CIFAR-10 to FFCV .beton files (validated, atomic) plus a manifest with mean/std."""
+    from pipeline.prepare import prepare as run_prepare
+
+    result = run_prepare(str(source) if source is not None else None, out, limit=limit, force=force,
+                         log=lambda m: typer.echo(m, err=True))
+    m = result.manifest
+    counts = ", ".join(f"{s} {m['splits'][s]['count']:,}" for s in ("train", "test"))
+    if result.skipped:
+        typer.echo(f"{out}/ already holds valid betons ({counts}); nothing to do (use --force to rewrite)")
+    else:
+        kind = "official" if m["official"] else "non-official"
+        typer.echo(f"wrote {out}/train.beton and test.beton ({counts}; {kind} data) "
+                   f"+ {out}/manifest.json in {result.seconds:.1f} s")
+
+
+def _parse_fill(fill: Optional[str]) -> Optional[tuple[int, int, int]]:
+    if fill is None or fill == "mean":
+        return None
+    try:
+        values = tuple(int(v) for v in fill.split(","))
+    except ValueError:
+        raise UserError(f"--fill must be 'mean' or three integers R,G,B in 0-255, got {fill!r}") from None
+    if len(values) != 3:
+        raise UserError(f"--fill must be 'mean' or three integers R,G,B in 0-255, got {fill!r}")
+    return values  # type: ignore[return-value]
+
+
+@app.command()
+@user_errors
+def train(
+    data: Path = typer.Option(Path("data"), help="Folder written by `prepare`."),
+    run: Optional[Path] = typer.Option(None, help="Run directory to create (default runs/<timestamp>-<norm>)."),
+    resume: Optional[Path] = typer.Option(None, help="Continue the run in this directory from its last.pt."),
+    epochs: Optional[int] = typer.Option(None, help="Epochs to train (default 40; with --resume: raise the budget)."),
+    batch_size: int = typer.Option(128, help="Images per step."),
+    lr: float = typer.Option(0.03, help="SGD learning rate."),
+    momentum: float = typer.Option(0.9, help="SGD momentum."),
+    weight_decay: Optional[float] = typer.Option(None, help="SGD weight decay (default 5e-4; 0 in --recipe assignment)."),
+    label_smoothing: float = typer.Option(0.0, help="Cross-entropy label smoothing."),
+    plateau_factor: float = typer.Option(0.1, help="ReduceLROnPlateau factor (on test loss)."),
+    plateau_patience: int = typer.Option(2, help="ReduceLROnPlateau patience, in epochs."),
+    plateau_threshold: float = typer.Option(0.001, help="ReduceLROnPlateau relative threshold."),
+    norm: str = typer.Option("layer", help="Normalisation: layer (GroupNorm(1,C)), group, batch."),
+    groups: int = typer.Option(32, help="Groups for --norm group."),
+    recipe: str = typer.Option("default", help="default, or 'assignment': the original assignment exactly (wd 0, no flip, pad 2, rotate 5, cutout 16 p0.5)."),
+    crop: Optional[bool] = typer.Option(None, "--crop/--no-crop", help="Random pad + crop."),
+    pad: Optional[int] = typer.Option(None, help="Padding for the random crop (default 4)."),
+    flip: Optional[bool] = typer.Option(None, "--flip/--no-flip", help="Random horizontal flip."),
+    flip_p: Optional[float] = typer.Option(None, help="Flip probability (default 0.5)."),
+    rotate: Optional[bool] = typer.Option(None, "--rotate/--no-rotate", help="Random rotation."),
+    max_angle: Optional[float] = typer.Option(None, help="Largest rotation in degrees (default 5)."),
+    cutout: Optional[bool] = typer.Option(None, "--cutout/--no-cutout", help="Cutout."),
+    cutout_size: Optional[int] = typer.Option(None, help="Cutout square side (default 16)."),
+    cutout_p: Optional[float] = typer.Option(None, help="Cutout probability (default 0.5)."),
+    fill: Optional[str] = typer.Option(None, help="Fill for pad/rotation/cutout: 'mean' (default) or R,G,B."),
+    subset: Optional[int] = typer.Option(None, help="Train on the first N training images only."),
+    test_subset: Optional[int] = typer.Option(None, help="Evaluate on the first N test images only (quick CPU runs)."),
+    max_steps: Optional[int] = typer.Option(None, help="At most this many steps per epoch (quick looks)."),
+    workers: Optional[int] = typer.Option(None, help="Loader threads (default: all cores)."),
+    seed: int = typer.Option(0, help="Seed for init, shuffling and augmentation."),
+    device: str = typer.Option("auto", help="auto (CUDA when present), cpu, cuda, cuda:N."),
+    amp: bool = typer.Option(True, "--amp/--no-amp", help="Mixed precision on CUDA (bf16, else fp16 + GradScaler)."),
+    channels_last: Optional[bool] = typer.Option(None, "--channels-last/--no-channels-last", help="Memory format (default: on for CUDA, off for CPU)."),
+    compile: bool = typer.Option(False, "--compile", help="torch.compile the model."),
+    quiet: bool = typer.Option(False, help="No progress bar."),
+) -> None:
+    """Train ResNet-18 (LayerNorm by default) and write a run directory."""
+    from common.config import TrainConfig, apply_recipe
+
+    cfg = apply_recipe(TrainConfig(), recipe)
+    cfg.data.data_dir, cfg.data.subset, cfg.data.workers = str(data), subset, workers
+    cfg.data.test_subset = test_subset
+    o = cfg.optim
+    o.epochs = epochs if epochs is not None else o.epochs
+    o.batch_size, o.lr, o.momentum, o.label_smoothing = batch_size, lr, momentum, label_smoothing
+    o.weight_decay = weight_decay if weight_decay is not None else o.weight_decay
+    o.plateau_factor, o.plateau_patience, o.plateau_threshold = plateau_factor, plateau_patience, plateau_threshold
+    o.max_steps = max_steps
+    cfg.model.norm, cfg.model.groups = norm, groups
+    a = cfg.augment
+    for name, value in (("crop", crop), ("pad", pad), ("flip", flip), ("flip_p", flip_p), ("rotate", rotate),
+                        ("max_angle", max_angle), ("cutout", cutout), ("cutout_size", cutout_size),
+                        ("cutout_p", cutout_p)):
+        if value is not None:
+            setattr(a, name, value)
+    a.fill = _parse_fill(fill)
+    cfg.run.run_dir = str(run) if run is not None else ""
+    cfg.run.seed, cfg.run.device, cfg.run.amp = seed, device, amp
+    cfg.run.channels_last, cfg.run.compile = channels_last, compile
+
+    from training.fit import train as run_train
+
+    result = run_train(cfg, resume=resume, extra_epochs_to=epochs if resume is not None else None,
+                       log=typer.echo, progress=not quiet)
+    minutes, secs = divmod(result.seconds, 60)
+    typer.echo(f"done: best test accuracy {100 * result.best_acc:.2f}% at epoch {result.best_epoch}; "
+               f"{result.epochs_done} epochs in {int(minutes)}m{secs:04.1f}s; run in {result.run.path}")
+
+
+@app.command()
+@user_errors
+def summary(
+    norm: str = typer.Option("layer", help="layer, group or batch."),
+    groups: int = typer.Option(32, help="Groups for --norm group."),
+) -> None:
+    """Print the model's per-layer table (output shape, parameters) and totals."""
+    from common.config import ModelConfig
+    from models import build_model
+    from models.summary import summary_table
+
+    typer.echo(summary_table(build_model(ModelConfig(norm=norm, groups=groups))))
+
+
+@bench_app.command("loader")
+@user_errors
+def bench_loader_cmd(
+    data: Path = typer.Option(Path("data"), help="Prepared data; a synthetic set is used when absent."),
+    batch_size: int = typer.Option(512, help="Images per batch."),
+    epochs: int = typer.Option(2, help="Timed epochs of the FFCV pipelines."),
+    tv_limit: int = typer.Option(20_000, help="Images timed through torchvision (it is ~25x slower)."),
+    workers: Optional[int] = typer.Option(None, help="Workers for both loaders (default: all cores)."),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the figures here."),
+) -> None:
+    """Train pipeline (all augmentations) vs torchvision DataLoader vs no augmentation."""
+    from bench.common import report
+    from bench.loader import bench_loader
+
+    report(bench_loader(data, batch_size, epochs, tv_limit, workers, log=typer.echo), json_out, typer.echo)
+
+
+@bench_app.command("train")
+@user_errors
+def bench_train_cmd(
+    data: Path = typer.Option(Path("data"), help="Prepared data; a synthetic set is used when absent."),
+    batch_size: int = typer.Option(128, help="Images per step."),
+    steps: Optional[int] = typer.Option(None, help="Timed steps (default 6 on CPU, 50 on CUDA)."),
+    device: str = typer.Option("auto", help="auto, cpu or cuda."),
+    norm: str = typer.Option("layer", help="layer, group or batch."),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the figures here."),
+) -> None:
+    """Train step fed by the loader vs model-only vs a torchvision baseline."""
+    from bench.common import report
+    from bench.train import bench_train
+
+    report(bench_train(data, batch_size, steps, device=device, norm=norm, log=typer.echo), json_out, typer.echo)
+
+
+@bench_app.command("startup")
+@user_errors
+def bench_startup_cmd(
+    data: Path = typer.Option(Path("data"), help="Prepared data; a synthetic set is used when absent."),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the figures here."),
+) -> None:
+    """Process start → first batch: imports, loader build, JIT with a cold and a warm numba cache."""
+    from bench.common import report
+    from bench.startup import bench_startup
+
+    report(bench_startup(data, log=typer.echo), json_out, typer.echo)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

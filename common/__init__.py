@@ -1,0 +1,1 @@
+"""Contracts shared by every stage: user errors, atomic files, configs, the run directory."""

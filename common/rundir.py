@@ -1,0 +1,209 @@
+"""The run directory: the one interface between training and analysis.
+
+    runs/<name>/
+      config.json            resolved TrainConfig, package versions, data manifest facts
+      metrics.csv            one row per finished epoch
+      summary.json           status (running / finished / interrupted / diverged), best epoch, wall time
+      last.pt, best.pt       checkpoints (atomic), loadable with torch.load(weights_only=True)
+      predictions_last.npz   per test index: label, prediction, probabilities (final model)
+      predictions_best.npz   the same for the best model
+      curves.png             loss / accuracy per epoch, LR drops marked
+      analysis/              what `explain`, `evaluate` and `report` write
+
+Everything else asks this module for paths and records; nothing here imports torch at module
+level, so reading a run's config or metrics is instant.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from common.atomic import atomic_path, write_json, write_text
+from common.config import TrainConfig
+from common.errors import UserError
+
+METRIC_FIELDS = ("epoch", "train_loss", "train_acc", "test_loss", "test_acc", "lr", "seconds", "img_per_s")
+CHECKPOINT_FORMAT = 1
+
+
+@dataclass
+class Predictions:
+    labels: np.ndarray  # (N,) int64, true class per test index
+    preds: np.ndarray  # (N,) int64
+    probs: np.ndarray  # (N, 10) float32, softmax
+
+    @property
+    def misclassified(self) -> np.ndarray:
+        return np.flatnonzero(self.preds != self.labels)
+
+    @property
+    def accuracy(self) -> float:
+        return float((self.preds == self.labels).mean()) if len(self.labels) else 0.0
+
+
+class RunDir:
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+
+    # ---- paths -------------------------------------------------------------------------------
+    @property
+    def config_path(self) -> Path:
+        return self.path / "config.json"
+
+    @property
+    def metrics_path(self) -> Path:
+        return self.path / "metrics.csv"
+
+    @property
+    def summary_path(self) -> Path:
+        return self.path / "summary.json"
+
+    @property
+    def curves_path(self) -> Path:
+        return self.path / "curves.png"
+
+    @property
+    def analysis_dir(self) -> Path:
+        return self.path / "analysis"
+
+    def checkpoint_path(self, which: str = "last") -> Path:
+        return self.path / f"{which}.pt"
+
+    def predictions_path(self, which: str = "last") -> Path:
+        return self.path / f"predictions_{which}.npz"
+
+    # ---- config ------------------------------------------------------------------------------
+    def write_config(self, record: dict[str, Any]) -> None:
+        write_json(self.config_path, record)
+
+    def read_config(self) -> dict[str, Any]:
+        if not self.config_path.is_file():
+            raise UserError(f"{self.path} is not a run directory (no config.json); pass a folder "
+                            "written by `python cli.py train`")
+        try:
+            return json.loads(self.config_path.read_text())
+        except ValueError:
+            raise UserError(f"{self.config_path} is not valid JSON; the run directory is damaged") from None
+
+    def train_config(self) -> TrainConfig:
+        return TrainConfig.from_dict(self.read_config().get("train", {}))
+
+    # ---- metrics -----------------------------------------------------------------------------
+    def read_metrics(self) -> list[dict[str, float]]:
+        if not self.metrics_path.is_file():
+            return []
+        with open(self.metrics_path, newline="") as fh:
+            rows = list(csv.DictReader(fh))
+        return [{k: (int(v) if k == "epoch" else float(v)) for k, v in row.items()} for row in rows]
+
+    def write_metrics(self, rows: list[dict[str, float]]) -> None:
+        # Rewritten whole (a few dozen rows) so a crash never leaves a torn line.
+        buf = io.StringIO()
+        writer = csv.DictWriter(buf, fieldnames=METRIC_FIELDS, lineterminator="\n")
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({k: _fmt(row[k]) for k in METRIC_FIELDS})
+        write_text(self.metrics_path, buf.getvalue())
+
+    # ---- summary -----------------------------------------------------------------------------
+    def read_summary(self) -> dict[str, Any]:
+        if not self.summary_path.is_file():
+            return {}
+        try:
+            return json.loads(self.summary_path.read_text())
+        except ValueError:
+            return {}
+
+    def write_summary(self, summary: dict[str, Any]) -> None:
+        write_json(self.summary_path, summary)
+
+    @property
+    def finished(self) -> bool:
+        return self.read_summary().get("status") == "finished"
+
+    # ---- predictions -------------------------------------------------------------------------
+    def write_predictions(self, which: str, labels: np.ndarray, probs: np.ndarray) -> None:
+        with atomic_path(self.predictions_path(which)) as tmp:
+            with open(tmp, "wb") as fh:
+                np.savez(fh, labels=labels.astype(np.int64), preds=probs.argmax(1).astype(np.int64),
+                         probs=probs.astype(np.float32))
+
+    def read_predictions(self, which: str = "last") -> Predictions | None:
+        path = self.predictions_path(which)
+        if not path.is_file():
+            return None
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                return Predictions(z["labels"], z["preds"], z["probs"])
+        except (ValueError, KeyError, OSError):
+            raise UserError(f"{path} is damaged; delete it and it will be recomputed") from None
+
+    # ---- checkpoints -------------------------------------------------------------------------
+    def has_checkpoint(self, which: str = "last") -> bool:
+        return self.checkpoint_path(which).is_file()
+
+    def save_checkpoint(self, which: str, state: dict[str, Any]) -> None:
+        import torch
+
+        with atomic_path(self.checkpoint_path(which)) as tmp:
+            torch.save({"format": CHECKPOINT_FORMAT, **state}, tmp)
+
+    def load_checkpoint(self, which: str = "last") -> dict[str, Any]:
+        """Load without executing code (weights_only); say so clearly when it cannot be read."""
+        import pickle
+
+        import torch
+
+        path = self.checkpoint_path(which)
+        if not path.is_file():
+            raise UserError(f"{self.path} has no {path.name}; train it first (or pass the right --run)")
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, OSError) as exc:
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise UserError(f"{path} is not a loadable checkpoint ({first[:120]}); it is corrupt or "
+                            "was not written by this toolkit") from None
+        if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT or "model" not in state:
+            raise UserError(f"{path} was not written by this version of the toolkit; retrain or use "
+                            "a matching version")
+        return state
+
+    def load_model(self, which: str = "best"):
+        """Rebuild the model from config.json and load the checkpoint's weights (eval mode)."""
+        from models import build_model
+
+        cfg = self.train_config()
+        model = build_model(cfg.model)
+        if which == "best" and not self.has_checkpoint("best"):
+            which = "last"
+        state = self.load_checkpoint(which)
+        try:
+            model.load_state_dict(state["model"])
+        except RuntimeError:
+            raise UserError(f"{self.checkpoint_path(which)} does not match the model in config.json "
+                            f"(norm={cfg.model.norm}); the run directory mixes files from different runs") from None
+        return model.eval()
+
+
+def latest_run(root: str | Path = "runs") -> RunDir:
+    """The most recently modified run under root that has a config and a checkpoint."""
+    root = Path(root)
+    candidates = [p for p in root.glob("*") if (p / "config.json").is_file() and (p / "last.pt").is_file()] \
+        if root.is_dir() else []
+    if not candidates:
+        raise UserError(f"no trained run found under {root}/; train one with `python cli.py train` "
+                        "or pass --run DIR")
+    return RunDir(max(candidates, key=lambda p: (p / "last.pt").stat().st_mtime))
+
+
+def _fmt(value: float) -> str:
+    if isinstance(value, int):
+        return str(value)
+    return f"{value:.6g}" if abs(value) >= 1e-4 or value == 0 else f"{value:.6e}"

@@ -1,0 +1,93 @@
+"""ResNet-18 for 32×32 inputs (He et al. 2016, CIFAR variant), with the norm layer as a choice.
+
+The CIFAR variant keeps a 3×3 stride-1 stem and no max-pool, so layer1 still works at 32×32;
+stages 2-4 halve the resolution (32 → 16 → 8 → 4). With any of the three norms the model has
+11,173,962 parameters: GroupNorm(1, C) ("layer"), GroupNorm(g, C) and BatchNorm2d all carry one
+scale and one shift per channel.
+
+"layer" norm here is GroupNorm with a single group: it normalises each sample over (C, H, W),
+which is Layer Normalization for conv feature maps and, unlike nn.LayerNorm over (C, H, W),
+keeps per-channel affine parameters and works at every resolution.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from common.config import ModelConfig
+
+NormFactory = Callable[[int], nn.Module]
+
+
+def norm_factory(norm: str, groups: int = 32) -> NormFactory:
+    if norm == "layer":
+        return lambda c: nn.GroupNorm(1, c)
+    if norm == "group":
+        return lambda c: nn.GroupNorm(groups, c)
+    if norm == "batch":
+        return nn.BatchNorm2d
+    raise ValueError(f"unknown norm {norm!r}")
+
+
+class BasicBlock(nn.Module):
+    expansion = 1
+
+    def __init__(self, in_planes: int, planes: int, stride: int, norm: NormFactory):
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_planes, planes, 3, stride=stride, padding=1, bias=False)
+        self.bn1 = norm(planes)
+        self.conv2 = nn.Conv2d(planes, planes, 3, stride=1, padding=1, bias=False)
+        self.bn2 = norm(planes)
+        self.shortcut = nn.Sequential()
+        if stride != 1 or in_planes != planes:
+            # Projection shortcut; normalised with the same layer type as the main path.
+            self.shortcut = nn.Sequential(nn.Conv2d(in_planes, planes, 1, stride=stride, bias=False),
+                                          norm(planes))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = F.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return F.relu(out + self.shortcut(x))
+
+
+class ResNet(nn.Module):
+    def __init__(self, num_blocks: tuple[int, int, int, int], norm: NormFactory, num_classes: int = 10):
+        super().__init__()
+        self.in_planes = 64
+        self.conv1 = nn.Conv2d(3, 64, 3, stride=1, padding=1, bias=False)
+        self.bn1 = norm(64)
+        self.layer1 = self._make_layer(64, num_blocks[0], 1, norm)
+        self.layer2 = self._make_layer(128, num_blocks[1], 2, norm)
+        self.layer3 = self._make_layer(256, num_blocks[2], 2, norm)
+        self.layer4 = self._make_layer(512, num_blocks[3], 2, norm)
+        self.linear = nn.Linear(512, num_classes)
+
+    def _make_layer(self, planes: int, blocks: int, stride: int, norm: NormFactory) -> nn.Sequential:
+        layers = []
+        for s in [stride] + [1] * (blocks - 1):
+            layers.append(BasicBlock(self.in_planes, planes, s, norm))
+            self.in_planes = planes
+        return nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = F.relu(self.bn1(self.conv1(x)))
+        out = self.layer4(self.layer3(self.layer2(self.layer1(out))))
+        out = F.adaptive_avg_pool2d(out, 1).flatten(1)
+        return self.linear(out)
+
+
+def ResNet18(norm: str = "layer", groups: int = 32, num_classes: int = 10) -> ResNet:
+    return ResNet((2, 2, 2, 2), norm_factory(norm, groups), num_classes)
+
+
+def build_model(cfg: ModelConfig) -> ResNet:
+    cfg.validate()
+    return ResNet18(cfg.norm, cfg.groups)
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())

@@ -1,0 +1,1 @@
+"""Data: CIFAR-10 source → validated arrays → FFCV .beton files → augmented batches."""

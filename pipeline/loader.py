@@ -1,0 +1,160 @@
+"""FFCV loaders for CIFAR-10 betons: train (augmented, shuffled) and test (normalised, in order).
+
+FFCV's "workers" are numba threads in this process. Two of its habits are handled here so callers
+need not know them: importing FFCV (and every epoch start) resets torch's thread count to the
+loader's worker count, and it reuses batch buffers, so a batch kept past the next few iterations
+would change under the caller unless copied (`copy=True`, the default; the trainer consumes each
+batch at once and turns it off).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import torch
+
+from common.config import AugmentConfig
+from common.errors import UserError
+from pipeline.manifest import beton_path, read_manifest
+
+
+def _import_ffcv():
+    threads = torch.get_num_threads()
+    import ffcv  # noqa: F401  (its import sets torch to 1 thread; undo that)
+    torch.set_num_threads(threads)
+    return ffcv
+
+
+@dataclass
+class LoaderInfo:
+    split: str
+    count: int  # images this loader draws from (after --subset)
+    mean: list[float]
+    std: list[float]
+    classes: list[str]
+
+
+class CifarLoader:
+    """Iterates (images, labels): float32 NCHW channels-last, normalised; int64 labels."""
+
+    def __init__(self, loader: Any, op: Any, device: torch.device, info: LoaderInfo,
+                 normalize_on_device: bool, copy: bool):
+        self.loader = loader
+        self.op = op
+        self.device = device
+        self.info = info
+        self.copy = copy
+        self.normalize_on_device = normalize_on_device
+        if normalize_on_device:
+            self._mean = torch.tensor(info.mean, device=device).view(1, 3, 1, 1)
+            self._inv_std = (1.0 / torch.tensor(info.std, device=device)).view(1, 3, 1, 1)
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    @property
+    def batch_size(self) -> int:
+        return self.loader.batch_size
+
+    @property
+    def epoch(self) -> int:
+        """The epoch the next iteration will produce (0-based)."""
+        return self.loader.next_epoch
+
+    def set_epoch(self, epoch: int) -> None:
+        """Jump to an epoch: shuffle order and augmentation are functions of (seed, epoch)."""
+        self.loader.next_epoch = epoch
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        threads = torch.get_num_threads()
+        self.op.set_epoch(self.loader.next_epoch)
+        iterator = iter(self.loader)
+        torch.set_num_threads(threads)  # FFCV's __iter__ resets it to num_workers
+        try:
+            for images, labels in iterator:
+                if self.normalize_on_device:
+                    images = (images.float() - self._mean) * self._inv_std
+                elif self.copy:
+                    images = images.clone(memory_format=torch.channels_last)
+                labels = labels.clone() if self.copy or self.device.type == "cuda" else labels
+                yield images, labels
+        finally:
+            close = getattr(iterator, "close", None)
+            if close is not None:
+                close()
+
+
+def _open_reader_checked(path: Path) -> None:
+    """Fail with one sentence on a beton FFCV cannot read or that lacks our fields."""
+    from ffcv.fields import IntField, RGBImageField
+    from ffcv.reader import Reader
+
+    try:
+        reader = Reader(str(path))
+        handlers = reader.handlers
+        n = int(reader.num_samples)
+    except Exception as exc:  # FFCV raises assorted errors on a damaged file
+        raise UserError(f"{path} is not a readable FFCV beton ({type(exc).__name__}); rebuild it with "
+                        f"`python cli.py prepare --out {path.parent} --force`") from None
+    fields = {name: type(h) for name, h in handlers.items()}
+    if set(fields) != {"image", "label"} or not issubclass(fields["image"], RGBImageField) \
+            or not issubclass(fields["label"], IntField):
+        raise UserError(f"{path} holds fields {sorted(fields)}, not the image/label pair this toolkit "
+                        f"writes; rebuild it with `python cli.py prepare --out {path.parent} --force`")
+    if n < 1:
+        raise UserError(f"{path} holds no images; rebuild it with `python cli.py prepare --force`")
+
+
+def make_loader(data_dir: str | Path, split: str, batch_size: int, aug: AugmentConfig | None = None,
+                seed: int = 0, device: str | torch.device = "cpu", workers: int | None = None,
+                subset: int | None = None, shuffle: bool | None = None, drop_last: bool | None = None,
+                copy: bool = True, distributed: bool = False) -> CifarLoader:
+    """Build the train or test loader described by the data folder's manifest.
+
+    Defaults follow the split: train shuffles, augments and drops the last partial batch; test
+    keeps order, has no augmentation and keeps every image.
+    """
+    _import_ffcv()
+    from ffcv.fields.basics import IntDecoder
+    from ffcv.fields.rgb_image import SimpleRGBImageDecoder
+    from ffcv.loader import Loader, OrderOption
+    from ffcv.transforms import Squeeze, ToDevice, ToTensor, ToTorchImage
+
+    from pipeline.ops import AugmentNormalize
+
+    manifest = read_manifest(data_dir)
+    path = beton_path(data_dir, split)
+    _open_reader_checked(path)
+    device = torch.device(device)
+    is_train = split == "train"
+    aug = aug if aug is not None else (AugmentConfig() if is_train else AugmentConfig.none())
+    shuffle = is_train if shuffle is None else shuffle
+    drop_last = is_train if drop_last is None else drop_last
+    count = manifest["splits"][split]["count"]
+    indices = None
+    if subset is not None:
+        if subset < 1:
+            raise UserError(f"--subset must be at least 1, got {subset}")
+        count = min(subset, count)
+        indices = np.arange(count)
+    if drop_last and count < batch_size:
+        raise UserError(f"the {split} set has {count} images, fewer than one batch of {batch_size}; "
+                        "lower --batch-size or raise --subset")
+    mean, std = manifest["train_mean"], manifest["train_std"]
+    on_cuda = device.type == "cuda"
+    op = AugmentNormalize(aug, mean, std, seed=seed, normalize=not on_cuda)
+    image_pipe: list[Any] = [SimpleRGBImageDecoder(), op, ToTensor()]
+    label_pipe: list[Any] = [IntDecoder(), ToTensor(), Squeeze()]
+    if on_cuda:
+        image_pipe.append(ToDevice(device, non_blocking=True))
+        label_pipe.append(ToDevice(device, non_blocking=True))
+    image_pipe.append(ToTorchImage(channels_last=True))
+    loader = Loader(str(path), batch_size=batch_size, num_workers=workers or -1,
+                    order=OrderOption.RANDOM if shuffle else OrderOption.SEQUENTIAL,
+                    seed=seed, indices=indices, drop_last=drop_last, distributed=distributed,
+                    pipelines={"image": image_pipe, "label": label_pipe}, os_cache=True)
+    info = LoaderInfo(split, count, list(mean), list(std), list(manifest["classes"]))
+    return CifarLoader(loader, op, device, info, normalize_on_device=on_cuda, copy=copy)

@@ -1,0 +1,1 @@
+"""Training: the fit loop, devices/AMP, checkpoints and curves, writing a run directory."""
