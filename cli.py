@@ -168,6 +168,40 @@ def summary(
     typer.echo(summary_table(build_model(ModelConfig(norm=norm, groups=groups))))
 
 
+@app.command()
+@user_errors
+def explain(
+    run: Optional[Path] = typer.Option(None, help="Run directory (default: the newest run under runs/)."),
+    layer: List[int] = typer.Option([3], help="ResNet stage whose last block is explained: 3 (8×8 map) or 4 (4×4 map); repeat the flag for both."),
+    count: int = typer.Option(20, help="How many misclassified test images to show."),
+    pick: str = typer.Option("confident", help="confident: the mistakes the model was surest about; random: a seeded sample."),
+    seed: int = typer.Option(0, help="Seed for --pick random and for the faithfulness metric's imputation noise."),
+    target: str = typer.Option("predicted", help="Class the heat map explains: predicted or true."),
+    method: str = typer.Option("gradcam", help="gradcam, gradcam++, xgradcam, hirescam, layercam, eigencam, eigengradcam, scorecam (minutes on a CPU)."),
+    which: str = typer.Option("best", help="Checkpoint: best or last."),
+    data: Optional[Path] = typer.Option(None, help="Folder with test.npz (default: the one the run was trained on)."),
+) -> None:
+    """Misclassified test images, Grad-CAM heat maps and their faithfulness scores."""
+    from analysis.commands import explain_command
+
+    explain_command(run=run, layer=layer, count=count, pick=pick, seed=seed, target=target,
+                    method=method, which=which, data=data)
+
+
+@app.command()
+@user_errors
+def evaluate(
+    run: Optional[Path] = typer.Option(None, help="Run directory (default: the newest run under runs/)."),
+    which: str = typer.Option("best", help="Checkpoint: best or last."),
+    recompute: bool = typer.Option(False, "--recompute", help="Run the model over the test set instead of reading saved predictions."),
+    data: Optional[Path] = typer.Option(None, help="Folder with test.npz (default: the one the run was trained on)."),
+) -> None:
+    """Overall and per-class test accuracy and a confusion matrix."""
+    from analysis.commands import evaluate_command
+
+    evaluate_command(run=run, which=which, recompute=recompute, data=data)
+
+
 @bench_app.command("loader")
 @user_errors
 def bench_loader_cmd(

@@ -65,6 +65,13 @@ class ResNet(nn.Module):
         self.layer3 = self._make_layer(256, num_blocks[2], 2, norm)
         self.layer4 = self._make_layer(512, num_blocks[3], 2, norm)
         self.linear = nn.Linear(512, num_classes)
+        for m in self.modules():
+            if isinstance(m, BasicBlock):
+                # Each residual branch starts as zero, so the net starts as a shallow identity-like
+                # chain (Goyal et al. 2017, timm's zero_init_last). Measured on the shared data,
+                # LayerNorm, lr 0.03: without it the loss climbs from 2.4 to ~9 in the first 5
+                # steps; with it the loss stays below 2.4 and falls.
+                nn.init.zeros_(m.bn2.weight)
 
     def _make_layer(self, planes: int, blocks: int, stride: int, norm: NormFactory) -> nn.Sequential:
         layers = []

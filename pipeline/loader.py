@@ -4,7 +4,7 @@ FFCV's "workers" are numba threads in this process. Two of its habits are handle
 need not know them: importing FFCV (and every epoch start) resets torch's thread count to the
 loader's worker count, and it reuses batch buffers, so a batch kept past the next few iterations
 would change under the caller unless copied (`copy=True`, the default; the trainer consumes each
-batch at once and turns it off).
+batch at once and turns it off for images; labels are always copied).
 """
 
 from __future__ import annotations
@@ -79,7 +79,8 @@ class CifarLoader:
                     images = (images.float() - self._mean) * self._inv_std
                 elif self.copy:
                     images = images.clone(memory_format=torch.channels_last)
-                labels = labels.clone() if self.copy or self.device.type == "cuda" else labels
+                # Labels are tiny: always copy, so keeping them (evaluation does) is safe.
+                labels = labels.clone()
                 yield images, labels
         finally:
             close = getattr(iterator, "close", None)
@@ -106,6 +107,13 @@ def _open_reader_checked(path: Path) -> None:
                         f"writes; rebuild it with `python cli.py prepare --out {path.parent} --force`")
     if n < 1:
         raise UserError(f"{path} holds no images; rebuild it with `python cli.py prepare --force`")
+    # FFCV reads the allocation table at the end of the file with np.fromfile and silently takes
+    # fewer entries when it is cut short: images then pair with the wrong labels or the process
+    # aborts in free(). Every sample must have an allocation.
+    ids = np.asarray(reader.alloc_table["sample_id"])
+    if len(ids) < n or not np.array_equal(np.unique(ids), np.arange(n)):
+        raise UserError(f"{path} is truncated or corrupt (its allocation table covers {len(np.unique(ids))} "
+                        f"of {n} images); rebuild it with `python cli.py prepare --out {path.parent} --force`")
 
 
 def make_loader(data_dir: str | Path, split: str, batch_size: int, aug: AugmentConfig | None = None,
@@ -127,6 +135,10 @@ def make_loader(data_dir: str | Path, split: str, batch_size: int, aug: AugmentC
 
     manifest = read_manifest(data_dir)
     path = beton_path(data_dir, split)
+    expected = manifest["splits"][split].get("bytes")
+    if expected is not None and path.stat().st_size != expected:
+        raise UserError(f"{path} is {path.stat().st_size:,} bytes but prepare wrote {expected:,}; it is "
+                        f"truncated or was replaced: rebuild it with `python cli.py prepare --out {data_dir} --force`")
     _open_reader_checked(path)
     device = torch.device(device)
     is_train = split == "train"

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from common.config import TrainConfig
+from common.config import OptimConfig, TrainConfig
 from common.errors import UserError
 from common.rundir import RunDir
 from models import build_model
@@ -117,6 +117,18 @@ class _Stopper:
             signal.signal(signal.SIGTERM, self.previous)
 
 
+def build_optimizer(model: nn.Module, optim: OptimConfig) -> torch.optim.SGD:
+    return torch.optim.SGD(model.parameters(), lr=optim.lr, momentum=optim.momentum,
+                           weight_decay=optim.weight_decay)
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, optim: OptimConfig) -> torch.optim.lr_scheduler.ReduceLROnPlateau:
+    """Stepped once per epoch with the test loss (relative threshold, as torch's default mode)."""
+    return torch.optim.lr_scheduler.ReduceLROnPlateau(
+        optimizer, mode="min", factor=optim.plateau_factor, patience=optim.plateau_patience,
+        threshold=optim.plateau_threshold)
+
+
 def evaluate_loader(model: nn.Module, loader: Any, setup: DeviceSetup) -> tuple[float, float, np.ndarray, np.ndarray]:
     """Mean cross-entropy (no smoothing), accuracy, labels and softmax probabilities, in order."""
     model.eval()
@@ -181,11 +193,8 @@ def train(cfg: TrainConfig, resume: str | Path | None = None, extra_epochs_to: i
     model = build_model(cfg.model).to(setup.device)
     if setup.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    optimizer = torch.optim.SGD(model.parameters(), lr=cfg.optim.lr, momentum=cfg.optim.momentum,
-                                weight_decay=cfg.optim.weight_decay)
-    scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
-        optimizer, mode="min", factor=cfg.optim.plateau_factor, patience=cfg.optim.plateau_patience,
-        threshold=cfg.optim.plateau_threshold)
+    optimizer = build_optimizer(model, cfg.optim)
+    scheduler = build_scheduler(optimizer, cfg.optim)
     scaler = torch.amp.GradScaler(setup.device.type, enabled=setup.use_scaler)
     criterion = nn.CrossEntropyLoss(label_smoothing=cfg.optim.label_smoothing)
 

@@ -1,0 +1,49 @@
+"""The `explain` and `evaluate` commands as plain functions: call the library, print the results.
+
+cli.py only parses flags and calls these; they catch nothing, so a UserError reaches cli.py's
+`user_errors` decorator and becomes one red line with exit status 2.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable, Sequence
+
+import typer
+
+
+def _err(message: str) -> None:
+    typer.echo(message, err=True)
+
+
+def explain_command(run: Path | None = None, layer: Sequence[int] = (3,), count: int = 20,
+                    pick: str = "confident", seed: int = 0, target: str = "predicted",
+                    method: str = "gradcam", which: str = "best", data: Path | None = None,
+                    echo: Callable[[str], None] = typer.echo) -> None:
+    from analysis.explain import explain, format_scores
+
+    result = explain(run, layers=list(layer) or [3], count=count, pick=pick, seed=seed, target=target,
+                     method=method, which=which, data_dir=data, log=_err)
+    shown = len(result.indices)
+    note = f" (only {shown} misclassified)" if shown < count else ""
+    echo(f"explained {shown} of {result.misclassified_total:,} misclassified test images{note} with "
+         f"{result.which}.pt ({result.predictions_source}); test indices: "
+         f"{', '.join(map(str, result.indices))}")
+    echo(format_scores(result))
+    for path in result.files:
+        echo(f"wrote {path}")
+    t = result.timings
+    imports = t.get("import_grad_cam", 0.0)
+    echo(f"took {t['total'] - imports:.1f} s (CAMs {t['cams']:.1f} s, faithfulness {t['faithfulness']:.1f} s, "
+         f"figures {t['gallery'] + t['figures']:.1f} s) + {imports:.1f} s importing pytorch_grad_cam")
+
+
+def evaluate_command(run: Path | None = None, which: str = "best", recompute: bool = False,
+                     data: Path | None = None, echo: Callable[[str], None] = typer.echo) -> None:
+    from analysis.evaluate import evaluate
+
+    result = evaluate(run, which=which, recompute=recompute, data_dir=data, log=_err)
+    echo(f"run {result.run} · {result.which}.pt · {result.source}")
+    echo(result.table())
+    echo(f"wrote {result.figure}")
+    echo(f"wrote {result.json_path}")

@@ -1,0 +1,104 @@
+"""`evaluate`: overall and per-class test accuracy, and where the mistakes go.
+
+Writes <run>/analysis/confusion_matrix.png and <run>/analysis/evaluation.json.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from analysis.loading import load_model, load_test_set, open_run
+from analysis.predictions import get_predictions
+from common.atomic import write_json
+
+Log = Callable[[str], None]
+
+
+def confusion_matrix(labels: np.ndarray, preds: np.ndarray, n_classes: int) -> np.ndarray:
+    """(true, predicted) counts; rows are true classes."""
+    flat = np.asarray(labels, np.int64) * n_classes + np.asarray(preds, np.int64)
+    return np.bincount(flat, minlength=n_classes * n_classes).reshape(n_classes, n_classes)
+
+
+@dataclass
+class EvaluationResult:
+    run: Path
+    which: str
+    source: str  # "saved predictions_best.npz" or "recomputed"
+    classes: list[str]
+    confusion: np.ndarray  # (K, K) int64, rows = true class
+    figure: Path
+    json_path: Path
+
+    @property
+    def total(self) -> int:
+        return int(self.confusion.sum())
+
+    @property
+    def correct(self) -> int:
+        return int(np.trace(self.confusion))
+
+    @property
+    def accuracy(self) -> float:
+        return self.correct / self.total if self.total else 0.0
+
+    @property
+    def class_totals(self) -> np.ndarray:
+        return self.confusion.sum(axis=1)
+
+    @property
+    def class_accuracy(self) -> np.ndarray:
+        """Per true class; NaN for a class with no test images."""
+        totals = self.class_totals
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return np.where(totals > 0, np.diag(self.confusion) / np.maximum(totals, 1), np.nan)
+
+    def table(self) -> str:
+        width = max(11, max(len(c) for c in self.classes) + 2)
+        lines = [f"{'class':<{width}}{'correct':>9} / {'total':<7}{'accuracy':>9}"]
+        for name, right, n, acc in zip(self.classes, np.diag(self.confusion), self.class_totals,
+                                       self.class_accuracy):
+            shown = f"{100 * acc:.2f}%" if n else "—"
+            lines.append(f"{name:<{width}}{int(right):>9} / {int(n):<7}{shown:>9}")
+        lines.append(f"{'overall':<{width}}{self.correct:>9} / {self.total:<7}{100 * self.accuracy:>8.2f}%")
+        return "\n".join(lines)
+
+
+def evaluate(run_dir: str | Path | None = None, which: str = "best", recompute: bool = False,
+             data_dir: str | Path | None = None, runs_root: str | Path = "runs",
+             log: Log = lambda m: None) -> EvaluationResult:
+    """Accuracy table, confusion matrix figure and JSON from saved (or recomputed) predictions."""
+    inputs = open_run(run_dir, which, data_dir, runs_root)
+    # Loading the model even when predictions are saved checks that the checkpoint exists and
+    # matches config.json, so the numbers always belong to weights that are really there.
+    model = load_model(inputs)
+    images, labels = load_test_set(inputs)
+    pred, source = get_predictions(inputs, model, images, labels, recompute=recompute, log=log)
+
+    classes = inputs.classes
+    cm = confusion_matrix(pred.labels, pred.preds, len(classes))
+    out_dir = inputs.run.analysis_dir
+    result = EvaluationResult(inputs.run.path, inputs.which, source, classes, cm,
+                              out_dir / "confusion_matrix.png", out_dir / "evaluation.json")
+
+    from analysis.figures import plot_confusion_matrix
+
+    plot_confusion_matrix(cm, classes, result.figure,
+                          title=f"run {inputs.name}, {inputs.which}.pt · accuracy "
+                                f"{100 * result.accuracy:.2f}% on {result.total:,} test images")
+    write_json(result.json_path, {
+        "run": str(inputs.run.path), "checkpoint": f"{inputs.which}.pt", "predictions": source,
+        "data_dir": str(inputs.data_dir), "test_images": result.total, "correct": result.correct,
+        "accuracy": round(result.accuracy, 6),
+        "per_class": {
+            name: {"correct": int(cm[i, i]), "total": int(result.class_totals[i]),
+                   "accuracy": None if result.class_totals[i] == 0 else round(float(result.class_accuracy[i]), 6)}
+            for i, name in enumerate(classes)},
+        "confusion_matrix": {"classes": classes, "rows": "true class", "columns": "predicted class",
+                             "counts": cm.astype(int).tolist()},
+    })
+    return result

@@ -1,0 +1,109 @@
+"""ResNet-18: size, shapes, that it learns, and the optimiser/scheduler the trainer builds."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from common.config import ModelConfig, OptimConfig
+from common.errors import UserError
+from models import ResNet18, build_model, count_parameters
+from training.fit import build_optimizer, build_scheduler
+
+
+@pytest.mark.parametrize("norm", ["layer", "group", "batch"])
+def test_parameter_count_is_the_cifar_resnet18(norm):
+    assert count_parameters(ResNet18(norm)) == 11_173_962
+
+
+def test_layer_norm_is_groupnorm_with_one_group_everywhere():
+    model = ResNet18("layer")
+    norms = [m for m in model.modules() if isinstance(m, (torch.nn.GroupNorm, torch.nn.BatchNorm2d))]
+    assert norms and all(isinstance(m, torch.nn.GroupNorm) and m.num_groups == 1 for m in norms)
+    # The projection shortcuts are normalised too (3 of them: layer2..layer4).
+    assert sum(1 for m in model.modules() if isinstance(m, torch.nn.Sequential) and len(m) == 2
+               and isinstance(m[1], torch.nn.GroupNorm)) == 3
+
+
+def test_group_count_is_respected_and_validated():
+    model = build_model(ModelConfig(norm="group", groups=8))
+    assert {m.num_groups for m in model.modules() if isinstance(m, torch.nn.GroupNorm)} == {8}
+    with pytest.raises(UserError, match="groups"):
+        build_model(ModelConfig(norm="group", groups=7))
+    with pytest.raises(UserError, match="unknown norm"):
+        build_model(ModelConfig(norm="instance"))
+
+
+@pytest.mark.parametrize("norm", ["layer", "batch"])
+def test_output_shapes_and_feature_maps(norm):
+    model = ResNet18(norm).eval()
+    x = torch.randn(4, 3, 32, 32)
+    feats = {}
+    for name in ("layer1", "layer2", "layer3", "layer4"):
+        getattr(model, name).register_forward_hook(lambda m, i, o, name=name: feats.__setitem__(name, o.shape))
+    assert model(x).shape == (4, 10)
+    assert feats == {"layer1": (4, 64, 32, 32), "layer2": (4, 128, 16, 16),
+                     "layer3": (4, 256, 8, 8), "layer4": (4, 512, 4, 4)}
+    # channels-last input gives the same answer
+    torch.testing.assert_close(model(x.contiguous(memory_format=torch.channels_last)), model(x), rtol=1e-4, atol=1e-4)
+
+
+def test_a_few_steps_lower_the_loss():
+    torch.manual_seed(0)
+    model = ResNet18("layer")
+    opt = build_optimizer(model, OptimConfig())
+    x, y = torch.randn(32, 3, 32, 32), torch.randint(0, 10, (32,))
+    losses = []
+    for _ in range(6):
+        loss = F.cross_entropy(model(x), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < losses[0] - 0.1
+
+
+def test_overfits_256_images():
+    """The whole model fits a small set: a wiring bug (a dead branch, a detached norm) stops it.
+
+    Each class is a fixed random template plus strong noise (noise std = 1.5 × template std), so
+    the images are all different and fitting them needs the whole network to learn.
+    """
+    torch.manual_seed(0)
+    g = torch.Generator().manual_seed(1)
+    templates = torch.randn(10, 3, 32, 32, generator=g)
+    y = torch.arange(256) % 10
+    x = templates[y] + 1.5 * torch.randn(256, 3, 32, 32, generator=g)
+    model = ResNet18("layer")
+    opt = build_optimizer(model, OptimConfig(lr=0.03, weight_decay=0.0))
+    acc, step = 0.0, 0
+    for step in range(1, 41):
+        idx = torch.randint(0, 256, (64,), generator=g)
+        model.train()
+        loss = F.cross_entropy(model(x[idx]), y[idx])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        if step % 5 == 0:
+            model.eval()
+            with torch.no_grad():
+                acc = (model(x).argmax(1) == y).float().mean().item()
+            if acc >= 0.95:
+                break
+    assert acc >= 0.95, f"train accuracy only {acc:.2f} after {step} steps"
+
+
+def test_scheduler_drops_lr_after_patience_epochs_without_improvement():
+    model = torch.nn.Linear(2, 2)
+    cfg = OptimConfig()  # factor 0.1, patience 2, threshold 1e-3 (relative)
+    opt = build_optimizer(model, cfg)
+    sched = build_scheduler(opt, cfg)
+    lrs = []
+    # improves, then three epochs that improve by less than the 0.1% threshold
+    for loss in (2.0, 1.5, 1.4995, 1.4990, 1.4989, 1.0):
+        sched.step(loss)
+        lrs.append(opt.param_groups[0]["lr"])
+    assert lrs[:4] == [0.03] * 4  # epochs 3 and 4 are the two of patience
+    assert lrs[4] == pytest.approx(0.003)  # third non-improving epoch → drop
+    assert lrs[5] == pytest.approx(0.003)

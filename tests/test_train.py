@@ -1,0 +1,174 @@
+"""`train`: run directory contents, exact resume, divergence, and bad input through the CLI."""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from common.config import TrainConfig
+from common.errors import UserError
+from common.rundir import METRIC_FIELDS, RunDir
+
+ROOT = Path(__file__).resolve().parents[1]
+TIMING = {"seconds", "img_per_s"}
+
+
+def tiny_config(data_dir: Path, run_dir: Path, epochs: int = 3, **optim) -> TrainConfig:
+    """3 epochs × 2 steps of 32 on 64 images, scored on 50 test images: ~10 s on 2 cores."""
+    cfg = TrainConfig()
+    cfg.data.data_dir = str(data_dir)
+    cfg.data.subset, cfg.data.test_subset = 64, 50
+    cfg.optim.epochs, cfg.optim.batch_size = epochs, 32
+    cfg.run.run_dir, cfg.run.device, cfg.run.seed = str(run_dir), "cpu", 0
+    for k, v in optim.items():
+        setattr(cfg.optim, k, v)
+    return cfg
+
+
+def run_train(cfg: TrainConfig, **kw):
+    from training.fit import train
+
+    return train(cfg, log=lambda m: None, progress=False, **kw)
+
+
+def metrics_without_timing(run: RunDir) -> list[dict]:
+    return [{k: v for k, v in row.items() if k not in TIMING} for row in run.read_metrics()]
+
+
+@pytest.fixture(scope="module")
+def full_run(tmp_path_factory, prepared_dir):
+    out = tmp_path_factory.mktemp("runs") / "full"
+    result = run_train(tiny_config(prepared_dir, out))
+    return result
+
+
+def test_run_directory_contents(full_run, prepared_dir):
+    run = full_run.run
+    for name in ("config.json", "metrics.csv", "summary.json", "last.pt", "best.pt",
+                 "predictions_last.npz", "predictions_best.npz", "curves.png"):
+        assert (run.path / name).is_file(), name
+    config = run.read_config()
+    cfg = TrainConfig.from_dict(config["train"])
+    assert (cfg.optim.lr, cfg.optim.momentum, cfg.optim.weight_decay) == (0.03, 0.9, 5e-4)
+    assert cfg.model.norm == "layer" and cfg.augment.rotate and cfg.augment.cutout
+    manifest = json.loads((prepared_dir / "manifest.json").read_text())
+    assert config["data"]["sha256"]["train"] == manifest["splits"]["train"]["sha256"]
+    assert {"torch", "ffcv", "numba", "numpy"} <= set(config["versions"])
+
+    with open(run.metrics_path) as fh:
+        header = next(csv.reader(fh))
+    assert tuple(header) == METRIC_FIELDS
+    rows = run.read_metrics()
+    assert [r["epoch"] for r in rows] == [1, 2, 3]
+    assert all(0 <= r["train_acc"] <= 1 and 0 <= r["test_acc"] <= 1 and r["img_per_s"] > 0 for r in rows)
+
+    summary = run.read_summary()
+    assert summary["status"] == "finished" and summary["epochs_done"] == 3
+    assert summary["best_acc"] == max(r["test_acc"] for r in rows)
+    assert rows[summary["best_epoch"] - 1]["test_acc"] == summary["best_acc"]
+
+    # predictions: per test index (first 50), probabilities sum to 1, accuracy matches metrics
+    preds = run.read_predictions("last")
+    test_labels = np.load(prepared_dir / "test.npz")["labels"][:50]
+    np.testing.assert_array_equal(preds.labels, test_labels)
+    np.testing.assert_allclose(preds.probs.sum(1), 1.0, atol=1e-4)
+    np.testing.assert_array_equal(preds.preds, preds.probs.argmax(1))
+    assert preds.accuracy == pytest.approx(rows[-1]["test_acc"])
+    best = run.read_predictions("best")
+    assert best.accuracy == pytest.approx(summary["best_acc"])
+
+    # checkpoints load without executing code and rebuild the model from config.json
+    state = torch.load(run.checkpoint_path("last"), weights_only=True)
+    assert state["epoch"] == 3 and {"model", "optimizer", "scheduler", "scaler", "rng"} <= set(state)
+    model = run.load_model("best")
+    assert sum(p.numel() for p in model.parameters()) == 11_173_962
+
+    from matplotlib.image import imread
+
+    img = imread(run.curves_path)
+    assert img.shape[0] >= 300 and img.shape[1] >= 800
+
+
+def test_resume_reproduces_an_uninterrupted_run_exactly(full_run, prepared_dir, tmp_path):
+    out = tmp_path / "resumed"
+    run_train(tiny_config(prepared_dir, out, epochs=1))  # "interrupted" after epoch 1
+    result = run_train(tiny_config(prepared_dir, out), resume=out, extra_epochs_to=3)
+    assert result.epochs_done == 3
+    assert metrics_without_timing(result.run) == metrics_without_timing(full_run.run)
+    a = torch.load(full_run.run.checkpoint_path("last"), weights_only=True)["model"]
+    b = torch.load(result.run.checkpoint_path("last"), weights_only=True)["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_divergence_stops_with_a_clear_message(prepared_dir, tmp_path):
+    cfg = tiny_config(prepared_dir, tmp_path / "nan", epochs=2, lr=1e12)
+    with pytest.raises(UserError, match=r"diverged.*epoch 1.*lower --lr"):
+        run_train(cfg)
+    assert RunDir(tmp_path / "nan").read_summary()["status"] == "diverged"
+
+
+def test_refuses_to_overwrite_a_finished_run(full_run, prepared_dir):
+    before = full_run.run.checkpoint_path("last").read_bytes()
+    with pytest.raises(UserError, match="finished run"):
+        run_train(tiny_config(prepared_dir, full_run.run.path))
+    assert full_run.run.checkpoint_path("last").read_bytes() == before
+
+
+# ---- bad input through the CLI: one line, non-zero exit, no traceback ----------------------------
+
+def cli(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(ROOT / "cli.py"), *args], cwd=cwd, capture_output=True,
+                          text=True, timeout=300)
+
+
+def assert_one_clear_error(proc: subprocess.CompletedProcess, *words: str) -> None:
+    assert proc.returncode != 0
+    assert "Traceback" not in proc.stderr + proc.stdout
+    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error:"), proc.stderr
+    for word in words:
+        assert word in lines[0], lines[0]
+
+
+@pytest.mark.parametrize("args, words", [
+    (["--epochs", "0"], ["--epochs"]),
+    (["--batch-size", "-1"], ["--batch-size"]),
+    (["--norm", "instance"], ["unknown norm", "layer"]),
+])
+def test_cli_rejects_bad_settings(prepared_dir, tmp_path, args, words):
+    proc = cli("train", "--data", str(prepared_dir), "--run", str(tmp_path / "r"), *args)
+    assert_one_clear_error(proc, *words)
+    assert not (tmp_path / "r").exists()
+
+
+def test_cli_missing_betons_point_at_prepare(tmp_path):
+    proc = cli("train", "--data", str(tmp_path / "nothing"), "--run", str(tmp_path / "r"))
+    assert_one_clear_error(proc, "prepare")
+
+
+def test_cli_resume_without_checkpoint(tmp_path):
+    (tmp_path / "empty").mkdir()
+    assert_one_clear_error(cli("train", "--resume", str(tmp_path / "empty")), "no last.pt")
+
+
+def test_cli_corrupt_checkpoint(full_run, tmp_path):
+    import shutil
+
+    broken = tmp_path / "broken"
+    shutil.copytree(full_run.run.path, broken)
+    (broken / "last.pt").write_bytes(b"not a checkpoint at all")
+    assert_one_clear_error(cli("train", "--resume", str(broken), "--epochs", "4"), "last.pt", "not a loadable")
+
+
+def test_cli_finished_run_is_not_overwritten(full_run, prepared_dir):
+    before = full_run.run.metrics_path.read_text()
+    proc = cli("train", "--data", str(prepared_dir), "--run", str(full_run.run.path))
+    assert_one_clear_error(proc, "finished run")
+    assert full_run.run.metrics_path.read_text() == before
