@@ -27,6 +27,7 @@ app.add_typer(bench_app, name="bench")
 
 
 def _fail(message: str, code: int = 2) -> None:
+    message = " ".join(message.split())  # one line, even when it quotes a multi-line library message
     typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
     raise typer.Exit(code)
 

@@ -13,7 +13,7 @@ import json
 import os
 import tempfile
 from pathlib import Path
-from typing import IO, Any, Iterator
+from typing import IO, Any, Iterator, Sequence
 
 from common.errors import UserError
 
@@ -65,6 +65,47 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         raise _explain_os_error(path, exc) from None
     except BaseException:
         tmp_path.unlink(missing_ok=True)
+        raise
+
+
+@contextlib.contextmanager
+def atomic_group(paths: Sequence[str | os.PathLike]) -> Iterator[list[Path]]:
+    """Temp paths for files that must appear together, or not at all.
+
+    Nothing under a final name changes until every file is written. Then the last path (the
+    group's marker, e.g. a manifest) is removed, the others are renamed into place, and the marker
+    is renamed last: a reader that trusts the marker never sees a mix of old and new files.
+    """
+    finals = [Path(p) for p in paths]
+    temps: list[Path] = []
+    try:
+        for path in finals:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+            os.close(fd)
+            os.chmod(tmp, _FILE_MODE)
+            temps.append(Path(tmp))
+    except OSError as exc:
+        for tmp in temps:
+            tmp.unlink(missing_ok=True)
+        raise _explain_os_error(finals[len(temps)] if len(temps) < len(finals) else finals[-1], exc) from None
+    try:
+        yield temps
+        for tmp in temps:
+            with open(tmp, "rb+") as fh:
+                os.fsync(fh.fileno())
+        finals[-1].unlink(missing_ok=True)
+        for tmp, path in zip(temps, finals):
+            os.replace(tmp, path)
+        for folder in {p.parent for p in finals}:
+            _fsync_dir(folder)
+    except OSError as exc:
+        for tmp in temps:
+            tmp.unlink(missing_ok=True)
+        raise _explain_os_error(finals[-1], exc) from None
+    except BaseException:
+        for tmp in temps:
+            tmp.unlink(missing_ok=True)
         raise
 
 

@@ -115,7 +115,8 @@ def _read_members_from_tar(path: Path) -> dict[str, bytes]:
                     assert fh is not None
                     found[base] = fh.read()
     except (tarfile.TarError, EOFError, zlib.error, OSError) as exc:
-        raise UserError(f"{path} is not a readable .tar.gz archive ({exc}); it may be truncated "
+        detail = " ".join(str(exc).split())[:160]
+        raise UserError(f"{path} is not a readable .tar.gz archive ({detail}); it may be truncated "
                         "or corrupt: download it again") from None
     if not found and any(n.startswith("cifar-100-python") for n in names):
         raise UserError(f"{path} is the CIFAR-100 archive; this toolkit needs CIFAR-10 "
@@ -163,7 +164,7 @@ def read_cifar10(source: str | Path, check_counts: bool = True) -> CifarData:
         if missing:
             raise UserError(f"{path}: the {name} split has no images of class "
                             f"{', '.join(CLASSES[m] for m in missing)}; this is not complete CIFAR-10")
-    return CifarData(train=train, test=test, source=str(path), official=official)
+    return CifarData(train=train, test=test, source=str(path.resolve()), official=official)
 
 
 def download(dest_dir: Path, progress: Callable[[int, int], None] | None = None) -> Path:

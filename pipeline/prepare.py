@@ -8,6 +8,8 @@ to a temp file and renamed, so an interrupted prepare never leaves a file under 
 from __future__ import annotations
 
 import functools
+import json
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,7 +18,7 @@ from typing import Any, Callable
 import numba
 import numpy as np
 
-from common.atomic import atomic_path, write_json
+from common.atomic import atomic_group
 from common.errors import UserError
 from pipeline import cifar_source
 from pipeline.cifar_source import CLASSES, CifarData, Split
@@ -67,6 +69,7 @@ def channel_stats(images: np.ndarray) -> tuple[list[float], list[float]]:
 
 
 def write_beton(path: Path, split: Split, desc: str, workers: int = -1) -> None:
+    """Write one beton straight to `path` (callers pass a temp path and rename it)."""
     from ffcv.fields import IntField, RGBImageField
     from ffcv.writer import DatasetWriter
     import ffcv.writer as ffcv_writer
@@ -74,10 +77,9 @@ def write_beton(path: Path, split: Split, desc: str, workers: int = -1) -> None:
 
     # FFCV's writer shows a bare tqdm bar; give it a name and an images/s unit.
     ffcv_writer.tqdm = functools.partial(tqdm, desc=desc, unit="img", unit_scale=True, leave=False)
-    with atomic_path(path) as tmp:
-        writer = DatasetWriter(str(tmp), {"image": RGBImageField(write_mode="raw", max_resolution=32),
-                                          "label": IntField()}, num_workers=workers)
-        writer.from_indexed_dataset(_ArrayDataset(split), chunksize=1000)
+    writer = DatasetWriter(str(path), {"image": RGBImageField(write_mode="raw", max_resolution=32),
+                                       "label": IntField()}, num_workers=workers)
+    writer.from_indexed_dataset(_ArrayDataset(split), chunksize=1000)
 
 
 def _existing_is_valid(out_dir: Path, request: dict[str, Any]) -> dict[str, Any] | None:
@@ -87,8 +89,16 @@ def _existing_is_valid(out_dir: Path, request: dict[str, Any]) -> dict[str, Any]
         manifest = read_manifest(out_dir)
     except UserError:
         return None
-    if verify_betons(out_dir, manifest) or not (out_dir / TEST_ARRAYS).is_file():
+    if verify_betons(out_dir, manifest):
         return None
+    arrays = out_dir / TEST_ARRAYS
+    recorded = manifest.get("test_arrays")
+    if not arrays.is_file() or not isinstance(recorded, dict) or sha256_file(arrays) != recorded.get("sha256"):
+        return None
+    wanted = request.get("source")
+    if wanted is not None and str(Path(wanted).expanduser().resolve()) != manifest.get("source"):
+        raise UserError(f"{out_dir}/ already holds data prepared from {manifest.get('source')}; pass "
+                        f"--force to replace it or --out to write elsewhere")
     if manifest.get("limit") != request["limit"]:
         raise UserError(f"{out_dir}/ already holds data prepared with limit={manifest.get('limit')}; "
                         f"pass --force to replace it or --out to write elsewhere")
@@ -97,8 +107,20 @@ def _existing_is_valid(out_dir: Path, request: dict[str, Any]) -> dict[str, Any]
 
 def _remove_stale_temps(out_dir: Path) -> None:
     # Left by a prepare that was SIGKILLed mid-write; never under a final name.
-    for tmp in out_dir.glob(".*.beton.*.tmp"):
-        tmp.unlink(missing_ok=True)
+    for final in [beton_path(out_dir, s).name for s in SPLITS] + [TEST_ARRAYS, MANIFEST]:
+        for tmp in out_dir.glob(f".{final}.*.tmp"):
+            tmp.unlink(missing_ok=True)
+
+
+def _make_out_dir(out_dir: Path) -> None:
+    if out_dir.exists() and not out_dir.is_dir():
+        raise UserError(f"--out {out_dir} is a file, not a folder; choose a folder")
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"cannot create output folder {out_dir} ({exc.strerror}); choose another --out") from None
+    if not os.access(out_dir, os.W_OK):
+        raise UserError(f"cannot write to {out_dir} (permission denied); choose another --out")
 
 
 def prepare(source: str | None, out_dir: str | Path = "data", limit: int | None = None,
@@ -110,16 +132,15 @@ def prepare(source: str | None, out_dir: str | Path = "data", limit: int | None 
     out_dir = Path(out_dir)
     if limit is not None and limit < 1:
         raise UserError(f"--limit must be at least 1, got {limit}")
-    if out_dir.exists() and not out_dir.is_dir():
-        raise UserError(f"--out {out_dir} is a file, not a folder; choose a folder")
     if source is not None and not Path(source).expanduser().exists():
         raise UserError(f"source {source} does not exist; pass an existing .tar.gz or "
                         "cifar-10-batches-py/ folder, or omit --source to download")
     if not force:
-        existing = _existing_is_valid(out_dir, {"limit": limit})
+        existing = _existing_is_valid(out_dir, {"limit": limit, "source": source})
         if existing is not None:
             return PrepareResult(out_dir, existing, True, time.perf_counter() - start)
 
+    _make_out_dir(out_dir)  # fail on an unusable --out before the slow read
     if source is None:
         log(f"downloading {cifar_source.URL}")
         archive = cifar_source.download(out_dir)
@@ -139,18 +160,13 @@ def prepare(source: str | None, out_dir: str | Path = "data", limit: int | None 
 
 
 def write_prepared(data: CifarData, out_dir: Path, limit: int | None = None) -> dict[str, Any]:
-    """Write validated arrays as betons + test arrays + manifest; returns the manifest."""
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise UserError(f"cannot create output folder {out_dir} ({exc.strerror}); choose another --out") from None
+    """Write validated arrays as betons + test arrays + manifest; returns the manifest.
+
+    All four files are written under temp names first and swapped in together (manifest last),
+    so an interrupted or failed prepare leaves whatever was there before untouched.
+    """
+    _make_out_dir(out_dir)
     _remove_stale_temps(out_dir)
-    # Withdraw the old manifest first: until the new one lands, the folder reads as unprepared
-    # rather than as a mix of old and new files.
-    try:
-        (out_dir / MANIFEST).unlink(missing_ok=True)
-    except OSError as exc:
-        raise UserError(f"cannot write to {out_dir} ({exc.strerror}); choose another --out") from None
     mean, std = channel_stats(data.train.images)
     manifest: dict[str, Any] = {
         "format_version": FORMAT_VERSION,
@@ -163,22 +179,21 @@ def write_prepared(data: CifarData, out_dir: Path, limit: int | None = None) -> 
         "train_std": std,
         "splits": {},
     }
-    for name in SPLITS:
-        split: Split = getattr(data, name)
-        path = beton_path(out_dir, name)
-        write_beton(path, split, desc=f"{name}.beton")
-        manifest["splits"][name] = {
-            "count": int(len(split.labels)),
-            "per_class": np.bincount(split.labels, minlength=10).tolist(),
-            "sha256": sha256_file(path),
-            "bytes": path.stat().st_size,
-        }
-    # A plain-numpy copy of the test split (30 MB) lets analysis show and re-score test images
-    # without importing FFCV (≈6 s) or parsing the beton.
-    with atomic_path(out_dir / TEST_ARRAYS) as tmp:
-        with open(tmp, "wb") as fh:
+    finals = [beton_path(out_dir, s) for s in SPLITS] + [out_dir / TEST_ARRAYS, out_dir / MANIFEST]
+    with atomic_group(finals) as temps:
+        for name, tmp in zip(SPLITS, temps):
+            split: Split = getattr(data, name)
+            write_beton(tmp, split, desc=f"{name}.beton")
+            manifest["splits"][name] = {
+                "count": int(len(split.labels)),
+                "per_class": np.bincount(split.labels, minlength=10).tolist(),
+                "sha256": sha256_file(tmp),
+                "bytes": tmp.stat().st_size,
+            }
+        # A plain-numpy copy of the test split (30 MB) lets analysis show and re-score test
+        # images without importing FFCV (≈6 s) or parsing the beton.
+        with open(temps[2], "wb") as fh:
             np.savez(fh, images=data.test.images, labels=data.test.labels)
-    manifest["test_arrays"] = TEST_ARRAYS
-    # The manifest goes last: its presence says both betons are complete.
-    write_json(out_dir / MANIFEST, manifest)
+        manifest["test_arrays"] = {"file": TEST_ARRAYS, "sha256": sha256_file(temps[2])}
+        temps[3].write_text(json.dumps(manifest, indent=2) + "\n")
     return manifest

@@ -67,25 +67,25 @@ def test_a_few_steps_lower_the_loss():
 def test_overfits_256_images():
     """The whole model fits a small set: a wiring bug (a dead branch, a detached norm) stops it.
 
-    Each class is a fixed random template plus strong noise (noise std = 1.5 × template std), so
-    the images are all different and fitting them needs the whole network to learn.
+    Each class is a fixed random template plus noise of the same strength, so the images all
+    differ and fitting them needs the whole network to learn. Reaches 98% in ~55 steps of 32.
     """
     torch.manual_seed(0)
     g = torch.Generator().manual_seed(1)
     templates = torch.randn(10, 3, 32, 32, generator=g)
     y = torch.arange(256) % 10
-    x = templates[y] + 1.5 * torch.randn(256, 3, 32, 32, generator=g)
+    x = templates[y] + torch.randn(256, 3, 32, 32, generator=g)
     model = ResNet18("layer")
     opt = build_optimizer(model, OptimConfig(lr=0.03, weight_decay=0.0))
     acc, step = 0.0, 0
-    for step in range(1, 41):
-        idx = torch.randint(0, 256, (64,), generator=g)
+    for step in range(1, 101):
+        idx = torch.randint(0, 256, (32,), generator=g)
         model.train()
         loss = F.cross_entropy(model(x[idx]), y[idx])
         opt.zero_grad()
         loss.backward()
         opt.step()
-        if step % 5 == 0:
+        if step % 10 == 0:
             model.eval()
             with torch.no_grad():
                 acc = (model(x).argmax(1) == y).float().mean().item()

@@ -237,6 +237,7 @@ def train(cfg: TrainConfig, resume: str | Path | None = None, extra_epochs_to: i
         f"epochs {start_epoch + 1}-{cfg.optim.epochs}")
     run.write_summary({**run.read_summary(), "status": "running"})
     t_run = time.perf_counter()
+    on_gpu = setup.device.type == "cuda"
     epoch = start_epoch
     try:
         with _Stopper():
@@ -266,8 +267,9 @@ def train(cfg: TrainConfig, resume: str | Path | None = None, extra_epochs_to: i
                     loss_sum += loss.detach().double() * len(y)
                     correct += (logits.detach().argmax(1) == y).sum()
                     seen += len(y)
-                    # Syncing with the GPU every step would stall it; every 20 steps costs nothing.
-                    if step % 20 == 0 or step == steps - 1:
+                    # Syncing with the GPU every step would stall it, so there the loss is read
+                    # every 20 steps; on the CPU reading it is free, so every step is checked.
+                    if not on_gpu or step % 20 == 0 or step == steps - 1:
                         mean_loss = loss_sum.item() / seen
                         if not math.isfinite(mean_loss):
                             run.write_summary({**run.read_summary(), "status": "diverged"})

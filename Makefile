@@ -1,0 +1,27 @@
+# make setup | make test | make run [DATA=data] [EPOCHS=40] [SOURCE=path/to/cifar-10-python.tar.gz] [TRAIN_ARGS="..."] | make clean
+
+DATA ?= data
+EPOCHS ?= 40
+SOURCE ?=
+TRAIN_ARGS ?=
+PY := .venv/bin/python
+
+.PHONY: setup test run clean
+
+# System libraries, .venv/ (Python 3.11) and requirements.lock; a no-op when already done.
+setup:
+	bash scripts/setup.sh
+
+test: setup
+	$(PY) -m pytest -q tests
+
+# prepare → train → explain → evaluate. SOURCE empty = download the official archive.
+run: setup
+	$(PY) cli.py prepare $(if $(SOURCE),--source $(SOURCE)) --out $(DATA)
+	$(PY) cli.py train --data $(DATA) --epochs $(EPOCHS) $(TRAIN_ARGS)
+	$(PY) cli.py explain --layer 3 --layer 4
+	$(PY) cli.py evaluate
+
+# Caches only; .venv/, data/ and runs/ are kept.
+clean:
+	find . \( -path ./.venv -o -path ./.git \) -prune -o -type d \( -name __pycache__ -o -name .pytest_cache \) -prune -print -exec rm -rf {} +
