@@ -237,6 +237,19 @@ def bench_train_cmd(
     report(bench_train(data, batch_size, steps, device=device, norm=norm, log=typer.echo), json_out, typer.echo)
 
 
+@bench_app.command("prepare")
+@user_errors
+def bench_prepare_cmd(
+    source: Path = typer.Option(..., help="A CIFAR-10 archive or folder to time (it is not modified)."),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the figures here."),
+) -> None:
+    """Archive → betons, step by step, against the floor of just reading the archive."""
+    from bench.common import report
+    from bench.prepare import bench_prepare
+
+    report(bench_prepare(source, log=typer.echo), json_out, typer.echo)
+
+
 @bench_app.command("startup")
 @user_errors
 def bench_startup_cmd(

@@ -12,6 +12,7 @@ def plot_curves(rows: list[dict[str, float]], path: Path, title: str = "") -> No
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     epochs = [r["epoch"] for r in rows]
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(11, 4.2), dpi=100)
@@ -28,8 +29,7 @@ def plot_curves(rows: list[dict[str, float]], path: Path, title: str = "") -> No
             ax.axvline(e - 0.5, color="grey", linestyle=":", label="LR drop" if i == 0 else None)
         ax.grid(alpha=0.3)
         ax.legend()
-        if len(epochs) == 1:
-            ax.set_xticks(epochs)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     if title:
         fig.suptitle(title)
     fig.tight_layout()
