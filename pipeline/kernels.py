@@ -130,6 +130,11 @@ def augment_batch(src, dst, indices, seed, epoch, params, fill, mean, inv_std):
                         for c in range(3):
                             dst[i, y, x, c] = fill32[c] * scale[c] + shift[c]
         one = np.float32(1.0)
+        s0, s1, s2 = scale[0], scale[1], scale[2]
+        t0, t1, t2 = shift[0], shift[1], shift[2]
+        img = src[i].reshape(-1)  # flat HWC views: one multiply-add per lookup instead of four
+        out = dst[i].reshape(-1)
+        row = w * 3
         for y in range(h if angle != 0.0 else 0):
             fy_ = np.float32(y)
             row_x = bxy * fy_ + cx + np.float32(2.0)  # +2 keeps coordinates positive, so int()
@@ -148,15 +153,16 @@ def augment_batch(src, dst, indices, seed, epoch, params, fill, mean, inv_std):
                 w01 = wx * (one - wy)
                 w10 = (one - wx) * wy
                 w11 = wx * wy
+                o = (y * w + x) * 3
                 if x0 >= x_lo and x0 < x_hi and y0 >= y_lo and y0 < y_hi:
-                    p00 = src[i, y0, x0]
-                    p01 = src[i, y0, x0 + 1]
-                    p10 = src[i, y0 + 1, x0]
-                    p11 = src[i, y0 + 1, x0 + 1]
-                    for c in range(3):
-                        v = (w00 * np.float32(p00[c]) + w01 * np.float32(p01[c])
-                             + w10 * np.float32(p10[c]) + w11 * np.float32(p11[c]))
-                        dst[i, y, x, c] = v * scale[c] + shift[c]
+                    b = y0 * row + x0 * 3
+                    r = b + row
+                    out[o] = (w00 * np.float32(img[b]) + w01 * np.float32(img[b + 3])
+                              + w10 * np.float32(img[r]) + w11 * np.float32(img[r + 3])) * s0 + t0
+                    out[o + 1] = (w00 * np.float32(img[b + 1]) + w01 * np.float32(img[b + 4])
+                                  + w10 * np.float32(img[r + 1]) + w11 * np.float32(img[r + 4])) * s1 + t1
+                    out[o + 2] = (w00 * np.float32(img[b + 2]) + w01 * np.float32(img[b + 5])
+                                  + w10 * np.float32(img[r + 2]) + w11 * np.float32(img[r + 5])) * s2 + t2
                 else:
                     ok00 = x_lo <= x0 <= x_hi and y_lo <= y0 <= y_hi
                     ok01 = x_lo <= x0 + 1 <= x_hi and y_lo <= y0 <= y_hi
@@ -168,7 +174,7 @@ def augment_batch(src, dst, indices, seed, epoch, params, fill, mean, inv_std):
                              + w01 * (np.float32(src[i, y0, x0 + 1, c]) if ok01 else f)
                              + w10 * (np.float32(src[i, y0 + 1, x0, c]) if ok10 else f)
                              + w11 * (np.float32(src[i, y0 + 1, x0 + 1, c]) if ok11 else f))
-                        dst[i, y, x, c] = v * scale[c] + shift[c]
+                        out[o + c] = v * scale[c] + shift[c]
         if do_cut:
             for y in range(cut_y, cut_y + size):
                 for x in range(cut_x, cut_x + size):
