@@ -118,7 +118,7 @@ def train(
     seed: int = typer.Option(0, help="Seed for init, shuffling and augmentation."),
     device: str = typer.Option("auto", help="auto (CUDA when present), cpu, cuda, cuda:N."),
     amp: bool = typer.Option(True, "--amp/--no-amp", help="Mixed precision on CUDA (bf16, else fp16 + GradScaler)."),
-    channels_last: Optional[bool] = typer.Option(None, "--channels-last/--no-channels-last", help="Memory format (default: on for CUDA, off for CPU)."),
+    channels_last: Optional[bool] = typer.Option(None, "--channels-last/--no-channels-last", help="Memory format (default on: faster on CUDA and, measured, on CPU)."),
     compile: bool = typer.Option(False, "--compile", help="torch.compile the model."),
     quiet: bool = typer.Option(False, help="No progress bar."),
 ) -> None:

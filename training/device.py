@@ -1,7 +1,8 @@
 """Device, precision and memory-format choices, made once per run.
 
-CPU (2-core dev box, ResNet-18 LN, batch 128, measured with `cli.py bench train`): contiguous
-NCHW is faster than channels-last on CPU for this model, so channels-last is a CUDA default only.
+Channels-last is the default on both devices. On the 2-core dev box (ResNet-18 LN, batch 128,
+fp32, `cli.py bench train --steps 12`) a train step ran at 51.6 img/s channels-last vs 44.2 img/s
+NCHW (+17%; a second run: 50.4 vs 41.5).
 """
 
 from __future__ import annotations
@@ -48,4 +49,4 @@ def resolve_device(name: str, amp: bool = True, channels_last: bool | None = Non
         amp_dtype = (torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16) if amp else None
         return DeviceSetup(device, amp_dtype, True if channels_last is None else channels_last,
                            use_scaler=amp_dtype is torch.float16)
-    return DeviceSetup(device, None, False if channels_last is None else channels_last, use_scaler=False)
+    return DeviceSetup(device, None, True if channels_last is None else channels_last, use_scaler=False)
