@@ -44,6 +44,23 @@ def data_or_synthetic(data_dir: str | Path, n_train: int = 10_000, n_test: int =
     return out, f"synthetic random images ({n_train:,})"
 
 
+def train_images(data_dir: Path) -> tuple[np.ndarray, np.ndarray]:
+    """Every train image as uint8 HWC, in beton order: the baselines get exactly these pixels."""
+    import torch
+
+    from common.config import AugmentConfig
+    from pipeline.loader import make_loader
+
+    loader = make_loader(data_dir, "train", 1000, aug=AugmentConfig.none(), shuffle=False, drop_last=False)
+    mean = torch.tensor(loader.info.mean).view(1, 3, 1, 1)
+    std = torch.tensor(loader.info.std).view(1, 3, 1, 1)
+    images, labels = [], []
+    for x, y in loader:
+        images.append((x * std + mean).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy())
+        labels.append(y.numpy())
+    return np.concatenate(images), np.concatenate(labels)
+
+
 def report(results: dict[str, Any], json_path: str | Path | None, log: Callable[[str], None] = print) -> None:
     if json_path is not None:
         write_json(json_path, results)

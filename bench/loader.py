@@ -28,19 +28,6 @@ def _time_epochs(loader: Any, epochs: int) -> float:
     return n / (time.perf_counter() - start)
 
 
-def _train_images(data_dir: Path) -> tuple[np.ndarray, np.ndarray]:
-    from pipeline.loader import make_loader
-
-    loader = make_loader(data_dir, "train", 1000, aug=AugmentConfig.none(), shuffle=False, drop_last=False)
-    mean = torch.tensor(loader.info.mean).view(1, 3, 1, 1)
-    std = torch.tensor(loader.info.std).view(1, 3, 1, 1)
-    images, labels = [], []
-    for x, y in loader:
-        images.append((x * std + mean).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy())
-        labels.append(y.numpy())
-    return np.concatenate(images), np.concatenate(labels)
-
-
 def _torchvision_rate(images: np.ndarray, labels: np.ndarray, mean: list[float], std: list[float],
                       batch_size: int, workers: int, limit: int) -> float:
     from PIL import Image
@@ -69,7 +56,7 @@ def _torchvision_rate(images: np.ndarray, labels: np.ndarray, mean: list[float],
 def bench_loader(data_dir: str | Path = "data", batch_size: int = 512, epochs: int = 2,
                  tv_limit: int = 20_000, workers: int | None = None,
                  log: Callable[[str], None] = print) -> dict[str, Any]:
-    from bench.common import data_or_synthetic, machine
+    from bench.common import data_or_synthetic, machine, train_images
     from pipeline.loader import make_loader
 
     workers = workers or os.cpu_count() or 1
@@ -83,7 +70,7 @@ def bench_loader(data_dir: str | Path = "data", batch_size: int = 512, epochs: i
     rate_bare = _time_epochs(bare, epochs)
     log(f"(a) FFCV + fused numba augment (crop, flip, rotate, cutout, normalise): {rate_full:>10,.0f} img/s")
     log(f"(c) FFCV, no augmentation (decode + normalise):                        {rate_bare:>10,.0f} img/s")
-    images, labels = _train_images(data_dir)
+    images, labels = train_images(data_dir)
     rate_tv = _torchvision_rate(images, labels, full.info.mean, full.info.std, batch_size, workers, tv_limit)
     log(f"(b) torchvision DataLoader, equivalent transforms, {workers} workers:          {rate_tv:>10,.0f} img/s")
     ratio = rate_full / rate_tv

@@ -66,8 +66,7 @@ def _synthetic(batch_size: int, device: torch.device) -> Iterable:
 def bench_train(data_dir: str | Path = "data", batch_size: int = 128, steps: int | None = None,
                 warmup: int = 2, device: str = "auto", norm: str = "layer",
                 log: Callable[[str], None] = print) -> dict[str, Any]:
-    from bench.common import data_or_synthetic, machine
-    from bench.loader import _train_images
+    from bench.common import data_or_synthetic, machine, train_images
     from pipeline.loader import make_loader
 
     setup = resolve_device(device)
@@ -87,7 +86,7 @@ def bench_train(data_dir: str | Path = "data", batch_size: int = 128, steps: int
     from torch.utils.data import DataLoader, TensorDataset
     from torchvision import transforms as T
 
-    images, labels = _train_images(data_dir)
+    images, labels = train_images(data_dir)
     mean = torch.tensor(loader.info.mean).view(3, 1, 1) / 255
     std = torch.tensor(loader.info.std).view(3, 1, 1) / 255
     tf = T.Compose([T.RandomCrop(32, padding=4), T.RandomHorizontalFlip(), T.RandomRotation(5),
