@@ -10,4 +10,5 @@ def summary_table(model: nn.Module, input_size: tuple[int, ...] = (1, 3, 32, 32)
 
     stats = summary(model, input_size=input_size, depth=3, verbose=0, device="cpu",
                     col_names=("output_size", "num_params"), row_settings=("var_names",))
-    return str(stats)
+    # torchinfo 1.8 prints its unit enum ("Units.MEGABYTES") for mult-adds; it means millions.
+    return str(stats).replace("mult-adds (Units.MEGABYTES)", "mult-adds (M)")
