@@ -169,6 +169,9 @@ def train(cfg: TrainConfig, resume: str | Path | None = None, extra_epochs_to: i
         cfg = TrainConfig.from_dict(saved["train"])
         if extra_epochs_to is not None:
             cfg.optim.epochs = extra_epochs_to
+        recorded = saved.get("data", {}).get("data_dir")
+        if recorded and not Path(cfg.data.data_dir).is_dir():
+            cfg.data.data_dir = recorded  # resumed from another working directory
         cfg.validate()
     else:
         cfg.validate()
