@@ -28,6 +28,15 @@ def _current_umask() -> int:
 _FILE_MODE = 0o666 & ~_current_umask()
 
 
+def _temp_beside(path: Path) -> Path:
+    """An empty temp file in the target's folder (so the final rename never crosses filesystems)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    os.chmod(tmp, _FILE_MODE)
+    return Path(tmp)
+
+
 def _explain_os_error(path: Path, exc: OSError) -> UserError:
     if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
         return UserError(f"cannot write to {path.parent}: permission denied or read-only; "
@@ -47,13 +56,9 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """
     path = Path(path)
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        os.close(fd)
-        os.chmod(tmp, _FILE_MODE)
+        tmp_path = _temp_beside(path)
     except OSError as exc:
         raise _explain_os_error(path, exc) from None
-    tmp_path = Path(tmp)
     try:
         yield tmp_path
         with open(tmp_path, "rb+") as fh:
@@ -80,11 +85,7 @@ def atomic_group(paths: Sequence[str | os.PathLike]) -> Iterator[list[Path]]:
     temps: list[Path] = []
     try:
         for path in finals:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-            os.close(fd)
-            os.chmod(tmp, _FILE_MODE)
-            temps.append(Path(tmp))
+            temps.append(_temp_beside(path))
     except OSError as exc:
         for tmp in temps:
             tmp.unlink(missing_ok=True)

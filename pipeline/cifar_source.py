@@ -23,6 +23,7 @@ import numpy as np
 
 from common.atomic import atomic_path
 from common.errors import UserError
+from pipeline.manifest import file_digest
 
 CLASSES = ("airplane", "automobile", "bird", "cat", "deer",
            "dog", "frog", "horse", "ship", "truck")
@@ -170,7 +171,7 @@ def read_cifar10(source: str | Path, check_counts: bool = True) -> CifarData:
 def download(dest_dir: Path, progress: Callable[[int, int], None] | None = None) -> Path:
     """Fetch the official archive into dest_dir (atomically) and verify its md5."""
     target = dest_dir / "cifar-10-python.tar.gz"
-    if target.is_file() and _md5_file(target) == ARCHIVE_MD5:
+    if target.is_file() and file_digest(target, "md5") == ARCHIVE_MD5:
         return target
     try:
         with urllib.request.urlopen(URL, timeout=30) as resp, atomic_path(target) as tmp:
@@ -192,10 +193,3 @@ def download(dest_dir: Path, progress: Callable[[int, int], None] | None = None)
                         "pass --source PATH") from None
     return target
 
-
-def _md5_file(path: Path) -> str:
-    digest = hashlib.md5()
-    with open(path, "rb") as fh:
-        while chunk := fh.read(1 << 22):
-            digest.update(chunk)
-    return digest.hexdigest()

@@ -25,12 +25,13 @@ def beton_path(data_dir: str | Path, split: str) -> Path:
     return Path(data_dir) / f"{split}.beton"
 
 
-def sha256_file(path: str | Path) -> str:
-    digest = hashlib.sha256()
+def file_digest(path: str | Path, algorithm: str = "sha256") -> str:
     with open(path, "rb") as fh:
-        while chunk := fh.read(1 << 22):
-            digest.update(chunk)
-    return digest.hexdigest()
+        return hashlib.file_digest(fh, algorithm).hexdigest()
+
+
+def sha256_file(path: str | Path) -> str:
+    return file_digest(path, "sha256")
 
 
 def read_manifest(data_dir: str | Path) -> dict[str, Any]:
