@@ -9,6 +9,7 @@ never read betons never import FFCV.
 from __future__ import annotations
 
 import functools
+import inspect
 import os
 import sys
 from pathlib import Path
@@ -83,12 +84,8 @@ def _parse_fill(fill: Optional[str]) -> Optional[tuple[int, int, int]]:
     return values  # type: ignore[return-value]
 
 
-@app.command()
-@user_errors
-def train(
+def _train_flags(
     data: Path = typer.Option(Path("data"), help="Folder written by `prepare`."),
-    run: Optional[Path] = typer.Option(None, help="Run directory to create (default runs/<timestamp>-<norm>)."),
-    resume: Optional[Path] = typer.Option(None, help="Continue the run in this directory from its last.pt."),
     epochs: Optional[int] = typer.Option(None, help="Epochs to train (default 40; with --resume: raise the budget)."),
     batch_size: int = typer.Option(128, help="Images per step."),
     lr: float = typer.Option(0.03, help="SGD learning rate."),
@@ -122,37 +119,91 @@ def train(
     compile: bool = typer.Option(False, "--compile", help="torch.compile the model."),
     quiet: bool = typer.Option(False, help="No progress bar."),
 ) -> None:
-    """Train ResNet-18 (LayerNorm by default) and write a run directory."""
+    """Template: the flags `train` and `compare` share (see `with_train_flags`)."""
+
+
+def with_train_flags(*exclude: str) -> Callable[[Callable], Callable]:
+    """Append the shared train flags (less `exclude`) to fn's signature; typer reads __signature__,
+    fn receives them as **flags. One list of flags, so train and compare cannot drift apart."""
+
+    def decorate(fn: Callable) -> Callable:
+        own = [p for p in inspect.signature(fn, eval_str=True).parameters.values() if p.kind is not p.VAR_KEYWORD]
+        shared = [p for p in inspect.signature(_train_flags, eval_str=True).parameters.values()
+                  if p.name not in exclude]
+        fn.__signature__ = inspect.Signature(own + shared, return_annotation=None)
+        fn.__annotations__ = {p.name: p.annotation for p in own + shared}
+        return fn
+
+    return decorate
+
+
+def _train_config(flags: dict) -> "TrainConfig":
+    """Flags → a TrainConfig (recipe first, then every explicit flag)."""
     from common.config import TrainConfig, apply_recipe
 
-    cfg = apply_recipe(TrainConfig(), recipe)
-    cfg.data.data_dir, cfg.data.subset, cfg.data.workers = str(data), subset, workers
-    cfg.data.test_subset = test_subset
+    f = flags
+    cfg = apply_recipe(TrainConfig(), f["recipe"])
+    cfg.data.data_dir, cfg.data.subset, cfg.data.workers = str(f["data"]), f["subset"], f["workers"]
+    cfg.data.test_subset = f["test_subset"]
     o = cfg.optim
-    o.epochs = epochs if epochs is not None else o.epochs
-    o.batch_size, o.lr, o.momentum, o.label_smoothing = batch_size, lr, momentum, label_smoothing
-    o.weight_decay = weight_decay if weight_decay is not None else o.weight_decay
-    o.plateau_factor, o.plateau_patience, o.plateau_threshold = plateau_factor, plateau_patience, plateau_threshold
-    o.max_steps = max_steps
-    cfg.model.norm, cfg.model.groups = norm, groups
+    o.epochs = f["epochs"] if f["epochs"] is not None else o.epochs
+    o.batch_size, o.lr, o.momentum, o.label_smoothing = f["batch_size"], f["lr"], f["momentum"], f["label_smoothing"]
+    o.weight_decay = f["weight_decay"] if f["weight_decay"] is not None else o.weight_decay
+    o.plateau_factor, o.plateau_patience, o.plateau_threshold = f["plateau_factor"], f["plateau_patience"], f["plateau_threshold"]
+    o.max_steps = f["max_steps"]
+    cfg.model.norm, cfg.model.groups = f.get("norm", "layer"), f["groups"]
     a = cfg.augment
-    for name, value in (("crop", crop), ("pad", pad), ("flip", flip), ("flip_p", flip_p), ("rotate", rotate),
-                        ("max_angle", max_angle), ("cutout", cutout), ("cutout_size", cutout_size),
-                        ("cutout_p", cutout_p)):
-        if value is not None:
-            setattr(a, name, value)
-    a.fill = _parse_fill(fill)
-    cfg.run.run_dir = str(run) if run is not None else ""
-    cfg.run.seed, cfg.run.device, cfg.run.amp = seed, device, amp
-    cfg.run.channels_last, cfg.run.compile = channels_last, compile
+    for name in ("crop", "pad", "flip", "flip_p", "rotate", "max_angle", "cutout", "cutout_size", "cutout_p"):
+        if f[name] is not None:
+            setattr(a, name, f[name])
+    a.fill = _parse_fill(f["fill"])
+    cfg.run.seed, cfg.run.device, cfg.run.amp = f["seed"], f["device"], f["amp"]
+    cfg.run.channels_last, cfg.run.compile = f["channels_last"], f["compile"]
+    return cfg
 
+
+@app.command()
+@user_errors
+@with_train_flags()
+def train(
+    run: Optional[Path] = typer.Option(None, "--run", "--run-dir", help="Run directory to create (default runs/<timestamp>-<norm>); spell it --run-dir under torchrun, whose own --run-path makes --run ambiguous."),
+    resume: Optional[Path] = typer.Option(None, help="Continue the run in this directory from its last.pt."),
+    **flags,
+) -> None:
+    """Train ResNet-18 (LayerNorm by default) and write a run directory."""
     from training.fit import train as run_train
 
+    cfg = _train_config(flags)
+    cfg.run.run_dir = str(run) if run is not None else ""
+    epochs = flags["epochs"]
     result = run_train(cfg, resume=resume, extra_epochs_to=epochs if resume is not None else None,
-                       log=typer.echo, progress=not quiet)
+                       log=typer.echo, progress=not flags["quiet"])
+    if not result.main:
+        return
     minutes, secs = divmod(result.seconds, 60)
     typer.echo(f"done: best test accuracy {100 * result.best_acc:.2f}% at epoch {result.best_epoch}; "
                f"{result.epochs_done} epochs in {int(minutes)}m{secs:04.1f}s; run in {result.run.path}")
+
+
+@app.command()
+@user_errors
+@with_train_flags("norm")
+def compare(
+    norms: Optional[str] = typer.Option(None, help="Comma-separated normalisations to train, e.g. batch,group,layer (default: those of --runs, else all three)."),
+    runs: List[Path] = typer.Option([], help="A finished run to reuse instead of training its norm; repeat the flag."),
+    run: Optional[Path] = typer.Option(None, help="Comparison folder (default runs/compare-<timestamp>); each norm's run is a subfolder. Re-run the same command to resume it."),
+    **flags,
+) -> None:
+    """Normalisation study: one run per norm with identical settings and seed, one overlay figure and table."""
+    from training.compare import compare as run_compare, parse_norms
+
+    cfg = _train_config(flags)
+    chosen = parse_norms(norms) if norms is not None else (None if runs else ["batch", "group", "layer"])
+    result = run_compare(chosen, cfg, run, runs=runs, log=typer.echo, progress=not flags["quiet"])
+    c = result.comparison
+    typer.echo(c.table_md)
+    for path in (c.figure, c.md_path, c.json_path):
+        typer.echo(f"wrote {path}")
 
 
 @app.command()
@@ -201,6 +252,18 @@ def evaluate(
     from analysis.commands import evaluate_command
 
     evaluate_command(run=run, which=which, recompute=recompute, data=data)
+
+
+@app.command()
+@user_errors
+def report(
+    run: Optional[Path] = typer.Argument(None, help="Run directory or compare folder (default: the newest run under runs/)."),
+    out: Optional[Path] = typer.Option(None, help="HTML file to write (default: RUN/report.html)."),
+) -> None:
+    """One self-contained HTML page: config, data, curves, per-class accuracy, Grad-CAM, throughput."""
+    from analysis.commands import report_command
+
+    report_command(run=run, out=out)
 
 
 @bench_app.command("loader")

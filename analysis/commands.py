@@ -1,4 +1,4 @@
-"""The `explain` and `evaluate` commands as plain functions: call the library, print the results.
+"""The `explain`, `evaluate` and `report` commands as plain functions: call the library, print the results.
 
 cli.py only parses flags and calls these; they catch nothing, so a UserError reaches cli.py's
 `user_errors` decorator and becomes one red line with exit status 2.
@@ -47,3 +47,17 @@ def evaluate_command(run: Path | None = None, which: str = "best", recompute: bo
     echo(result.table())
     echo(f"wrote {result.figure}")
     echo(f"wrote {result.json_path}")
+
+
+def report_command(run: Path | None = None, out: Path | None = None,
+                   echo: Callable[[str], None] = typer.echo) -> None:
+    from analysis.report import make_report
+
+    result = make_report(run, out, log=_err)
+    for path in result.made:
+        echo(f"made {path}")
+    for message in result.notes:
+        _err(f"note: {message}")
+    what = "compare folder" if result.kind == "compare" else "run"
+    echo(f"wrote {result.path} ({result.size / 1e6:.1f} MB, {result.images} images embedded, sections: "
+         f"{', '.join(result.sections)}) for {what} {result.folder}")

@@ -79,6 +79,18 @@ class RunDir:
     def predictions_path(self, which: str = "last") -> Path:
         return self.path / f"predictions_{which}.npz"
 
+    def create(self) -> None:
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise UserError(f"cannot create the run directory {self.path}: {exc.strerror or exc}; "
+                            "choose another --run location") from None
+
+    def remove_stale_temps(self) -> None:
+        """Temp files of writes that a SIGKILL or power loss cut short (the finished files are intact)."""
+        for tmp in self.path.glob(".*.tmp"):
+            tmp.unlink(missing_ok=True)
+
     # ---- config ------------------------------------------------------------------------------
     def write_config(self, record: dict[str, Any]) -> None:
         write_json(self.config_path, record)
@@ -152,12 +164,21 @@ class RunDir:
     def save_checkpoint(self, which: str, state: dict[str, Any]) -> None:
         import torch
 
-        with atomic_path(self.checkpoint_path(which)) as tmp:
-            torch.save({"format": CHECKPOINT_FORMAT, **state}, tmp)
+        # Through a Python file object: given a path, torch's C++ writer reports a full disk as
+        # "unexpected pos 576 vs 534"; a handle surfaces the OSError (ENOSPC) that atomic_path explains.
+        with atomic_path(self.checkpoint_path(which)) as tmp, open(tmp, "wb") as fh:
+            try:
+                torch.save({"format": CHECKPOINT_FORMAT, **state}, fh)
+            except RuntimeError as exc:
+                # ... and then its zip writer's __exit__ masks that OSError with another RuntimeError.
+                if isinstance(exc.__context__, OSError):
+                    raise exc.__context__ from None
+                raise
 
     def load_checkpoint(self, which: str = "last") -> dict[str, Any]:
         """Load without executing code (weights_only); say so clearly when it cannot be read."""
         import pickle
+        import warnings
 
         import torch
 
@@ -165,14 +186,25 @@ class RunDir:
         if not path.is_file():
             raise UserError(f"{self.path} has no {path.name}; train it first (or pass the right --run)")
         try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-        except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, OSError) as exc:
+            with warnings.catch_warnings():  # torch warns about pickle protocols before refusing
+                warnings.simplefilter("ignore")
+                state = torch.load(path, map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError:
+            # weights_only admits tensors and plain containers only; anything else could run code.
+            raise UserError(f"{path} is not a loadable checkpoint: it holds Python objects other than "
+                            "tensors and plain values, which could run code when loaded, so it was refused; "
+                            "it is corrupt or was not written by this toolkit") from None
+        except (RuntimeError, EOFError, ValueError, OSError) as exc:
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise UserError(f"{path} is not a loadable checkpoint ({first[:120]}); it is corrupt or "
                             "was not written by this toolkit") from None
         if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT or "model" not in state:
             raise UserError(f"{path} was not written by this version of the toolkit; retrain or use "
                             "a matching version")
+        run_id = self.read_config().get("run_id") if self.config_path.is_file() else None
+        if run_id and state.get("run_id") and state["run_id"] != run_id:
+            raise UserError(f"{path} belongs to another run (run id {state['run_id'][:8]}, this run is "
+                            f"{run_id[:8]}); the run directory mixes files from different runs")
         return state
 
     def load_model(self, which: str = "best"):

@@ -64,6 +64,11 @@ class CifarLoader:
         """The epoch the next iteration will produce (0-based)."""
         return self.loader.next_epoch
 
+    def order(self) -> np.ndarray:
+        """Dataset indices of the next epoch in the order this process will read them (its shard
+        under torchrun, padded with repeats to equal length, as DistributedSampler does)."""
+        return np.asarray(self.loader.traversal_order.sample_order(self.loader.next_epoch))
+
     def set_epoch(self, epoch: int) -> None:
         """Jump to an epoch: shuffle order and augmentation are functions of (seed, epoch)."""
         self.loader.next_epoch = epoch

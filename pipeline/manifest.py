@@ -49,6 +49,10 @@ def read_manifest(data_dir: str | Path) -> dict[str, Any]:
     except (ValueError, KeyError, TypeError):
         raise UserError(f"{path} is not a valid manifest; run `python cli.py prepare --out "
                         f"{data_dir} --force` to rebuild the data") from None
+    if manifest.get("format_version") != FORMAT_VERSION:
+        raise UserError(f"{data_dir}/ was prepared by another version of this toolkit (data format "
+                        f"{manifest.get('format_version')!r}, this version reads {FORMAT_VERSION}); rebuild it "
+                        f"with `python cli.py prepare --out {data_dir} --force`")
     for split in SPLITS:
         if not beton_path(data_dir, split).is_file():
             raise UserError(f"{beton_path(data_dir, split)} is missing; run `python cli.py prepare "

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Set up the project: system libraries for ffcv, a Python 3.11 venv in .venv/, and the exact
-# package versions of requirements.lock. Safe to re-run: every step is skipped when already done,
+# Set up the project: system libraries for ffcv, chromium for the report's browser test (optional),
+# a Python 3.11 venv in .venv/, and the exact package versions of requirements.lock. Safe to re-run: every step is skipped when already done,
 # so a second run takes a few seconds.
 #
 #   scripts/setup.sh            (or: make setup)
@@ -37,6 +37,21 @@ else
     echo "    sudo apt-get install -y ${APT_PACKAGES[*]}" >&2
     echo "  (other systems: install pkg-config, libjpeg-turbo and OpenCV 4 development packages), then re-run $0" >&2
     exit 1
+fi
+
+# --- (a2) a headless browser for the report's browser test (optional: never fails set-up) ------
+if command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1; then
+    say "chromium present (headless browser for tests/test_report.py)"
+elif [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null 2>&1; then
+    say "installing chromium (headless browser for tests/test_report.py)"
+    export DEBIAN_FRONTEND=noninteractive
+    # Try without `apt-get update` first (fast when the package lists are fresh).
+    if ! apt-get install -y chromium; then
+        { apt-get update && apt-get install -y chromium; } \
+            || say "could not install chromium; the report's browser test will be skipped"
+    fi
+else
+    say "chromium not found; the report's browser test will be skipped (install it with: sudo apt-get install -y chromium)"
 fi
 
 # --- (b) a Python 3.11 virtual environment in .venv/ ------------------------------------------

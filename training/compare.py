@@ -1,0 +1,138 @@
+"""The normalisation study: one run per norm with identical settings and seed, then one figure.
+
+The comparison folder is written first (compare.json, atomically) and each norm's run lives in a
+subfolder, so an interrupted compare is resumed by running the same command again: finished runs
+are kept, runs with a checkpoint continue from it (`train --resume` semantics, exact on the CPU),
+runs that never finished an epoch start over.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from analysis.comparison import COMPARE_FILE, ComparisonResult, is_compare_dir, read_compare, write_comparison
+from common.atomic import write_json
+from common.config import NORMS, TrainConfig
+from common.errors import UserError
+from common.rundir import RunDir
+
+# Settings that may differ between the first attempt and a resumed one without changing results.
+_FREE = (("run", "run_dir"), ("model", "norm"), ("data", "workers"), ("data", "data_dir"))
+
+
+def parse_norms(text: str) -> list[str]:
+    norms = [n.strip() for n in text.split(",") if n.strip()]
+    unknown = [n for n in norms if n not in NORMS]
+    if unknown or not norms:
+        raise UserError(f"--norms: unknown normalisation {', '.join(map(repr, unknown)) or repr(text)}; "
+                        f"give a comma-separated list of {', '.join(NORMS)} (e.g. --norms batch,group,layer)")
+    if len(set(norms)) != len(norms):
+        raise UserError(f"--norms lists a normalisation twice ({text}); give each once")
+    return norms
+
+
+def _comparable(train: dict[str, Any]) -> dict[str, Any]:
+    train = copy.deepcopy(train)
+    for section, key in _FREE:
+        train.get(section, {}).pop(key, None)
+    return train
+
+
+def _differences(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> list[str]:
+    out = []
+    for key in sorted(set(old) | set(new)):
+        a, b = old.get(key), new.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += _differences(a, b, f"{prefix}{key}.")
+        elif a != b:
+            out.append(f"{prefix}{key} {a!r} → {b!r}")
+    return out
+
+
+def _finished_run(path: Path) -> tuple[str, RunDir]:
+    run = RunDir(path)
+    if not path.is_dir():
+        raise UserError(f"--runs {path}: no such folder")
+    if not run.config_path.is_file():
+        raise UserError(f"--runs {path} is not a run directory (no config.json); pass folders written by "
+                        "`python cli.py train`")
+    if not run.finished:
+        raise UserError(f"--runs {path} has not finished training (status "
+                        f"{run.read_summary().get('status', 'unknown')!r}); finish it with "
+                        f"`python cli.py train --resume {path}` or leave it out")
+    return run.train_config().model.norm, run
+
+
+@dataclass
+class CompareResult:
+    folder: Path
+    comparison: ComparisonResult
+    trained: list[str]
+    reused: list[str]
+
+
+def compare(norms: Sequence[str] | None, base: TrainConfig, folder: str | Path | None = None,
+            runs: Sequence[str | Path] = (), log: Callable[[str], None] = print,
+            progress: bool = True) -> CompareResult:
+    """Train (or reuse) one run per norm into `folder`, then write the comparison figure and table."""
+    from training.fit import train
+
+    given = dict(_finished_run(Path(p)) for p in runs)
+    if len(given) != len(runs):
+        raise UserError("--runs holds two runs with the same normalisation; give one run per norm")
+    norms = list(norms) if norms else list(given)
+    if not norms:
+        raise UserError("nothing to compare: give --norms (e.g. batch,group,layer) and/or --runs")
+    extra = [n for n in given if n not in norms]
+    if extra:
+        raise UserError(f"--runs includes a {extra[0]} run but --norms is {','.join(norms)}; add {extra[0]} "
+                        "to --norms or leave that run out")
+    base.validate()
+    folder = Path(folder) if folder else Path("runs") / f"compare-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
+    record = {"kind": "compare", "norms": norms,
+              "runs": {n: str(given[n].path.resolve()) if n in given else n for n in norms},
+              "train": _comparable(base.to_dict()),
+              "settings": {"epochs": base.optim.epochs, "batch_size": base.optim.batch_size, "lr": base.optim.lr,
+                           "seed": base.run.seed, "subset": base.data.subset, "test_subset": base.data.test_subset,
+                           "recipe": base.recipe, "data": base.data.data_dir},
+              "created": datetime.now().isoformat(timespec="seconds")}
+    if is_compare_dir(folder):
+        old = read_compare(folder)
+        changed = _differences(old.get("train", {}), record["train"])
+        if changed or old.get("norms") != norms or old.get("runs") != record["runs"]:
+            detail = "; ".join(changed[:3]) or f"norms/runs {old.get('norms')} → {norms}"
+            raise UserError(f"{folder} already holds a comparison with other settings ({detail}); "
+                            "repeat the original command to resume it, or pass a new --run folder")
+        record["created"] = old.get("created", record["created"])
+        log(f"resuming the comparison in {folder}")
+    elif folder.exists() and (not folder.is_dir() or any(folder.iterdir())):
+        raise UserError(f"{folder} exists and is not a comparison folder; pass a new or empty --run folder")
+    folder.mkdir(parents=True, exist_ok=True)
+    write_json(folder / COMPARE_FILE, record)
+
+    trained, reused = [], []
+    for i, norm in enumerate(norms, 1):
+        if norm in given:
+            log(f"[{i}/{len(norms)}] {norm}: reusing finished run {given[norm].path}")
+            reused.append(norm)
+            continue
+        run = RunDir(folder / norm)
+        if run.finished:
+            log(f"[{i}/{len(norms)}] {norm}: already finished in {run.path}")
+            reused.append(norm)
+            continue
+        if run.has_checkpoint("last"):
+            log(f"[{i}/{len(norms)}] {norm}: resuming {run.path}")
+            train(base, resume=run.path, log=log, progress=progress)
+        else:
+            cfg = TrainConfig.from_dict(base.to_dict())
+            cfg.model.norm = norm
+            cfg.run.run_dir = str(run.path)
+            log(f"[{i}/{len(norms)}] {norm}: training {run.path}")
+            train(cfg, log=log, progress=progress)
+        trained.append(norm)
+    return CompareResult(folder, write_comparison(folder), trained, reused)
