@@ -30,6 +30,7 @@ class RunInputs:
     classes: list[str]
     mean: np.ndarray  # (3,) float32, 0-255 scale
     std: np.ndarray  # (3,) float32, 0-255 scale
+    test_subset: int | None = None  # the run was scored on the first N test images (--test-subset)
 
     @property
     def name(self) -> str:
@@ -78,14 +79,18 @@ def open_run(run_dir: str | Path | None, which: str = "best", data_dir: str | Pa
     if not classes:
         from pipeline.cifar_source import CLASSES
         classes = list(CLASSES)
-    return RunInputs(run, which, data_path, [str(c) for c in classes], mean_arr, std_arr)
+    test_subset = run.train_config().data.test_subset
+    return RunInputs(run, which, data_path, [str(c) for c in classes], mean_arr, std_arr, test_subset)
 
 
 def load_test_set(inputs: RunInputs) -> tuple[np.ndarray, np.ndarray]:
-    """Test images (N, 32, 32, 3) uint8 and int64 labels, in the order predictions use."""
+    """Test images (N, 32, 32, 3) uint8 and int64 labels, in the order predictions use: the first
+    --test-subset images when the run was trained with one, as training scored those."""
     from pipeline.manifest import read_test_arrays
 
     images, labels = read_test_arrays(inputs.data_dir)
+    if inputs.test_subset is not None:
+        images, labels = images[:inputs.test_subset], labels[:inputs.test_subset]
     if images.ndim != 4 or images.shape[1:] != (32, 32, 3) or images.dtype != np.uint8:
         raise UserError(f"{inputs.data_dir}/test.npz holds images of shape {images.shape} "
                         f"({images.dtype}), not (N, 32, 32, 3) uint8; rebuild it with `prepare --force`")

@@ -98,13 +98,14 @@ def fake_probs(labels: np.ndarray, seed: int = 0, correct_every: int = 2) -> np.
 
 def make_run(path: Path, data_dir: Path, *, norm: str = "layer", weights_norm: str | None = None,
              checkpoints: tuple[str, ...] = ("best", "last"), probs: np.ndarray | None = None,
-             labels: np.ndarray | None = None) -> RunDir:
+             labels: np.ndarray | None = None, test_subset: int | None = None) -> RunDir:
     """A run directory as training writes it; `weights_norm` != norm makes a mismatched one."""
     run = RunDir(path)
     path.mkdir(parents=True, exist_ok=True)
     cfg = TrainConfig()
     cfg.data.data_dir = str(data_dir)
     cfg.model.norm = norm
+    cfg.data.test_subset = test_subset
     run.write_config({
         "train": cfg.to_dict(),
         "data": {"data_dir": str(data_dir), "train_mean": MEAN, "train_std": STD,

@@ -154,3 +154,11 @@ def test_cli_refuses_a_folder_that_is_not_a_comparison(prepared_dir, tmp_path):
     proc = cli("compare", "--data", str(prepared_dir), "--run", str(tmp_path / "busy"))
     assert_one_clear_error(proc, "is not a comparison folder")
     assert (tmp_path / "busy" / "keep.txt").read_text() == "mine"
+
+
+def test_cli_two_runs_with_the_same_norm(compared, tmp_path):
+    result, _ = compared
+    twin = tmp_path / "twin"
+    shutil.copytree(result.folder / "batch", twin)
+    proc = cli("compare", "--runs", str(result.folder / "batch"), "--runs", str(twin), "--run", str(tmp_path / "c"))
+    assert_one_clear_error(proc, "two runs with the same normalisation")

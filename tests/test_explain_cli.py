@@ -88,3 +88,15 @@ def test_commands_never_import_ffcv_or_training(run_dir):
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.strip() == "ok"
+
+
+def test_a_run_scored_on_a_test_subset_is_explained_on_that_subset(tmp_path):
+    """`train --test-subset N` saves N predictions; analysis must use the same first N images."""
+    _, labels = write_test_arrays(tmp_path / "data", n=40, seed=6)
+    run = make_run(tmp_path / "runs" / "sub", tmp_path / "data", probs=fake_probs(labels[:20], seed=6),
+                   labels=labels[:20], test_subset=20)
+    lines: list[str] = []
+    evaluate_command(run.path, echo=lines.append)
+    assert "10 / 20" in "\n".join(lines)
+    explain_command(run.path, layer=[3], count=3, echo=lines.append)
+    assert any("explained 3 of 10 misclassified" in ln for ln in lines)

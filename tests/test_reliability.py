@@ -365,3 +365,26 @@ def test_a_read_only_output_location_is_refused_up_front(prepared_dir, small_fs)
     proc = cli("train", "--data", str(prepared_dir), "--run", str(fs / "run"), *TRAIN_ARGS)
     assert_one_clear_error(proc, str(fs / "run"))
     assert not (fs / "run").exists()
+
+
+def test_a_mid_epoch_state_resumes_only_with_the_same_number_of_processes(reference, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(reference, run)
+    state = torch.load(run / "last.pt", weights_only=True)
+    state["epoch"] = 1
+    state["partial"] = {"epoch": 1, "step": 3, "loss_sum": 1.0, "correct": 1.0, "seen": 96.0,
+                        "seconds": 1.0, "world": 2}  # as saved by a 2-process torchrun
+    torch.save(state, run / "last.pt")
+    assert_one_clear_error(cli("train", "--resume", str(run), "--epochs", "3"),
+                           "middle of epoch 2 by 2 process(es)", "same number of processes")
+
+
+def test_resuming_on_other_data_is_refused(reference, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(reference, run)
+    config = json.loads((run / "config.json").read_text())
+    config["data"]["sha256"]["train"] = "0" * 64  # trained on other data than the folder holds now
+    (run / "config.json").write_text(json.dumps(config))
+    before = (run / "last.pt").read_bytes()
+    assert_one_clear_error(cli("train", "--resume", str(run), "--epochs", "3"), "differs from the data", "sha256")
+    assert (run / "last.pt").read_bytes() == before
