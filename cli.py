@@ -190,7 +190,7 @@ def train(
 @with_train_flags("norm")
 def compare(
     norms: Optional[str] = typer.Option(None, help="Comma-separated normalisations to train, e.g. batch,group,layer (default: those of --runs, else all three)."),
-    runs: List[Path] = typer.Option([], help="A finished run to reuse instead of training its norm; repeat the flag."),
+    runs: List[str] = typer.Option([], help="Finished runs to reuse instead of training their norms: repeat the flag or give a comma-separated list."),
     run: Optional[Path] = typer.Option(None, help="Comparison folder (default runs/compare-<timestamp>); each norm's run is a subfolder. Re-run the same command to resume it."),
     **flags,
 ) -> None:
@@ -199,7 +199,8 @@ def compare(
 
     cfg = _train_config(flags)
     chosen = parse_norms(norms) if norms is not None else (None if runs else ["batch", "group", "layer"])
-    result = run_compare(chosen, cfg, run, runs=runs, log=typer.echo, progress=not flags["quiet"])
+    reuse = [Path(p) for value in runs for p in value.split(",") if p]
+    result = run_compare(chosen, cfg, run, runs=reuse, log=typer.echo, progress=not flags["quiet"])
     c = result.comparison
     typer.echo(c.table_md)
     for path in (c.figure, c.md_path, c.json_path):

@@ -129,19 +129,26 @@ def plot_comparison(series: dict[str, list[dict[str, float]]], path: Path, title
     for key, rows in series.items():
         colour = NORM_COLOURS.get(key)
         epochs = [r["epoch"] for r in rows]
+        # Markers (hollow = train, filled = test) keep a 1-epoch comparison readable: no lines then.
         marker = "o" if len(rows) < 12 else None
         for ax, metric, scale in ((ax_loss, "loss", 1.0), (ax_acc, "acc", 100.0)):
             ax.plot(epochs, [scale * r[f"train_{metric}"] for r in rows], "--", color=colour, marker=marker,
-                    markersize=4)
+                    markersize=5, markerfacecolor="white")
             ax.plot(epochs, [scale * r[f"test_{metric}"] for r in rows], "-", color=colour, marker=marker,
-                    markersize=4)
+                    markersize=5)
         handles.append(Line2D([], [], color=colour, lw=2, label=NORM_LABELS.get(key, key)))
-    handles += [Line2D([], [], color="0.3", ls="--", label="train"), Line2D([], [], color="0.3", label="test")]
+    handles += [Line2D([], [], color="0.3", ls="--", marker="o", markerfacecolor="white", label="train"),
+                Line2D([], [], color="0.3", marker="o", label="test")]
+    last = max((r["epoch"] for rows in series.values() for r in rows), default=1)
     ax_loss.set(xlabel="epoch", ylabel="cross-entropy loss", title="loss")
     ax_acc.set(xlabel="epoch", ylabel="accuracy (%)", title="accuracy")
     for ax in (ax_loss, ax_acc):
         ax.grid(alpha=0.3)
-        ax.xaxis.get_major_locator().set_params(integer=True)
+        ax.set_xlim(0.5, last + 0.5)
+        if last <= 20:
+            ax.set_xticks(range(1, last + 1))
+        else:
+            ax.xaxis.get_major_locator().set_params(integer=True)
     fig.suptitle(title, fontsize=10)
     fig.legend(handles=handles, loc="lower center", ncol=len(handles), fontsize=8, frameon=False)
     fig.tight_layout(rect=(0, 0.07, 1, 1))

@@ -160,5 +160,5 @@ def test_cli_two_runs_with_the_same_norm(compared, tmp_path):
     result, _ = compared
     twin = tmp_path / "twin"
     shutil.copytree(result.folder / "batch", twin)
-    proc = cli("compare", "--runs", str(result.folder / "batch"), "--runs", str(twin), "--run", str(tmp_path / "c"))
+    proc = cli("compare", "--runs", f"{result.folder / 'batch'},{twin}", "--run", str(tmp_path / "c"))
     assert_one_clear_error(proc, "two runs with the same normalisation")
