@@ -25,13 +25,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from analysis.comparison import COMPARE_FILE, write_comparison
 from analysis.html import Raw, Section, bar, code, esc, figure, key_values, note, page, table, tag
 from common.atomic import write_text
 from common.errors import UserError
 from common.rundir import RunDir, latest_run
 
 REPORT_FILE = "report.html"
-COMPARE_FILE = "compare.json"  # the marker of a compare folder (analysis.comparison.COMPARE_FILE)
 BENCH_FILE = "bench.json"
 CAM_LAYERS = (3, 4)
 CAM_METHOD = "gradcam"
@@ -530,11 +530,6 @@ def _compare_doc(folder: Path, out_path: Path, log: Log) -> _Doc:
     notes: list[str] = []
     fig_path, table_path = folder / "comparison.png", folder / "comparison.json"
     if not (fig_path.is_file() and table_path.is_file()):
-        try:
-            from analysis.comparison import write_comparison
-        except ImportError:
-            raise UserError(f"{folder} has no comparison.png / comparison.json and this version cannot "
-                            "rebuild them; rerun `python cli.py compare`") from None
         log(f"report: {folder.name}/comparison.json or comparison.png is missing; rebuilding them from the runs")
         result = write_comparison(folder)
         made += [Path(result.figure), table_path]

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import textwrap
 from pathlib import Path
 
 import pytest
@@ -73,21 +72,22 @@ def test_commands_bad_run(tmp_path):
         evaluate_command(tmp_path, echo=lambda m: None)
 
 
-def test_commands_never_import_ffcv_or_training(run_dir):
-    # `import ffcv` costs ~6 s; analysis must stay clear of it and of training/.
-    script = textwrap.dedent(f"""
-        import sys
-        sys.path.insert(0, {str(ROOT)!r})
-        from analysis.commands import evaluate_command
-        import analysis.explain, analysis.gallery, analysis.gradcam, analysis.faithfulness
-        evaluate_command({str(run_dir)!r}, echo=lambda m: None)
-        bad = sorted(m for m in sys.modules if m.split('.')[0] in ('ffcv', 'training'))
-        assert not bad, bad
-        print('ok')
-    """)
+def assert_stays_clear_of_ffcv_and_training(imports: str, call: str) -> None:
+    """Run `call` in a fresh interpreter and fail if FFCV or training/ got imported (~6 s of
+    `import ffcv` that analysis must never pay)."""
+    script = "\n".join(["import sys", f"sys.path.insert(0, {str(ROOT)!r})", imports, call,
+                         "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('ffcv', 'training'))",
+                         "assert not bad, bad", "print('ok')"])
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.strip() == "ok"
+
+
+def test_commands_never_import_ffcv_or_training(run_dir):
+    assert_stays_clear_of_ffcv_and_training(
+        "from analysis.commands import evaluate_command\n"
+        "import analysis.explain, analysis.gallery, analysis.gradcam, analysis.faithfulness",
+        f"evaluate_command({str(run_dir)!r}, echo=lambda m: None)")
 
 
 def test_a_run_scored_on_a_test_subset_is_explained_on_that_subset(tmp_path):

@@ -16,7 +16,6 @@ import os
 import shutil
 import subprocess
 import sys
-import textwrap
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -29,6 +28,7 @@ from common.errors import UserError
 from common.rundir import RunDir
 from pipeline.cifar_source import CLASSES
 from tests.test_analysis import fake_probs, make_run, write_test_arrays
+from tests.test_explain_cli import assert_stays_clear_of_ffcv_and_training
 
 ROOT = Path(__file__).resolve().parents[1]
 RUN_SECTIONS = ("config", "data", "metrics", "evaluation", "explain", "benchmark")
@@ -280,19 +280,9 @@ def test_cli_writes_report_without_ffcv_or_training(built, tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert f"wrote {out}" in proc.stdout and "6 images embedded" in proc.stdout
     assert out.is_file()
-    script = textwrap.dedent(f"""
-        import sys
-        sys.path.insert(0, {str(ROOT)!r})
-        from analysis.commands import report_command
-        import analysis.report, analysis.explain, analysis.evaluate
-        report_command({str(folder)!r}, {str(tmp_path / 'x.html')!r}, echo=lambda m: None)
-        bad = sorted(m for m in sys.modules if m.split('.')[0] in ('ffcv', 'training'))
-        assert not bad, bad
-        print('ok')
-    """)
-    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    assert proc.stdout.strip() == "ok"
+    assert_stays_clear_of_ffcv_and_training(
+        "from analysis.commands import report_command\nimport analysis.report, analysis.explain, analysis.evaluate",
+        f"report_command({str(folder)!r}, {str(tmp_path / 'x.html')!r}, echo=lambda m: None)")
 
 
 # ---- a compare folder ------------------------------------------------------------------------------
@@ -350,32 +340,9 @@ def test_compare_report(base, tmp_path):
     assert '"subset"' not in text and "subset" in text[text.index('<section id="settings">'):]
 
 
-def test_compare_report_rebuilds_missing_table(base, tmp_path, monkeypatch):
-    import types
+def test_compare_report_rebuilds_a_missing_figure_and_table(base, tmp_path):
+    from analysis import comparison
 
-    folder = make_compare(tmp_path / "cmp2", base / "data", with_outputs=False)
-    calls = []
-
-    def write_comparison(path):
-        calls.append(Path(path))
-        small_png(Path(path) / "comparison.png")
-        rows = [{"norm": "batch", "run": "batch", "epochs_done": 3, "best_test_acc": 0.6, "best_epoch": 2,
-                 "final_test_acc": 0.59, "final_train_acc": 0.7, "wall_seconds": 10.0, "img_per_s": 900.0}]
-        (Path(path) / "comparison.json").write_text(json.dumps({"rows": rows}))
-        return types.SimpleNamespace(rows=rows, figure=Path(path) / "comparison.png", table_md="")
-
-    fake = types.ModuleType("analysis.comparison")
-    fake.write_comparison = write_comparison
-    fake.COMPARE_FILE = "compare.json"
-    monkeypatch.setitem(sys.modules, "analysis.comparison", fake)
-    result = make_report(folder, out=tmp_path / "c.html")
-    assert calls == [folder]
-    assert {p.name for p in result.made} == {"comparison.png", "comparison.json"}
-    assert "60.00%" in result.path.read_text()
-
-
-def test_compare_report_with_the_real_comparison_module(base, tmp_path):
-    comparison = pytest.importorskip("analysis.comparison")
     folder = make_compare(tmp_path / "cmp3", base / "data", with_outputs=False)
     assert comparison.is_compare_dir(folder)
     result = make_report(folder)
