@@ -250,35 +250,36 @@ def train(cfg: TrainConfig, resume: str | Path | None = None, extra_epochs_to: i
         shutdown(ctx)
 
 
-def _train(ctx: DistContext, cfg: TrainConfig, resume: str | Path | None, extra_epochs_to: int | None,
-           log: Callable[[str], None], progress: bool) -> TrainResult:
-    from tqdm import tqdm
-
-    from pipeline.loader import make_loader
-    from training.curves import plot_curves
-
-    if resume is not None:
-        run = RunDir(resume)
-        if not run.path.is_dir():
-            raise UserError(f"--resume {run.path}: no such run directory")
-        if not run.has_checkpoint("last"):
-            raise UserError(f"--resume {run.path}: it has no last.pt checkpoint to continue from; "
-                            "start a new run instead")
-        saved = run.read_config()
-        cfg = TrainConfig.from_dict(saved["train"])
-        if extra_epochs_to is not None:
-            cfg.optim.epochs = extra_epochs_to
-        recorded = saved.get("data", {}).get("data_dir")
-        if recorded and not Path(cfg.data.data_dir).is_dir():
-            cfg.data.data_dir = recorded  # resumed from another working directory
-        cfg.validate()
-    else:
+def _open_run(ctx: DistContext, cfg: TrainConfig, resume: str | Path | None,
+              extra_epochs_to: int | None) -> tuple[RunDir, TrainConfig, dict[str, Any] | None]:
+    """The run directory and the config to train with: a resumed run's own config.json (its budget
+    raised to `extra_epochs_to`), or a new folder that must not hold a started run."""
+    if resume is None:
         cfg.validate()
         run = RunDir(ctx.broadcast(str(cfg.run.run_dir or default_run_dir(cfg))))
         cfg.run.run_dir = str(run.path)
         _check_new_run_dir(run)
+        return run, cfg, None
+    run = RunDir(resume)
+    if not run.path.is_dir():
+        raise UserError(f"--resume {run.path}: no such run directory")
+    if not run.has_checkpoint("last"):
+        raise UserError(f"--resume {run.path}: it has no last.pt checkpoint to continue from; "
+                        "start a new run instead")
+    saved = run.read_config()
+    cfg = TrainConfig.from_dict(saved["train"])
+    if extra_epochs_to is not None:
+        cfg.optim.epochs = extra_epochs_to
+    recorded = saved.get("data", {}).get("data_dir")
+    if recorded and not Path(cfg.data.data_dir).is_dir():
+        cfg.data.data_dir = recorded  # resumed from another working directory
+    cfg.validate()
+    return run, cfg, saved
 
-    setup = resolve_device(device_for(ctx, cfg.run.device), cfg.run.amp, cfg.run.channels_last)
+
+def _check_data(cfg: TrainConfig, run: RunDir, saved: dict[str, Any] | None) -> dict[str, Any]:
+    """The data record config.json keeps; refuses betons that changed since prepare, or (on resume)
+    data other than the run was trained on."""
     manifest = read_manifest(cfg.data.data_dir)
     # ~0.4 s for both betons: catches one swapped in from another prepare, which FFCV would read happily.
     changed = verify_betons(cfg.data.data_dir, manifest)
@@ -286,16 +287,29 @@ def _train(ctx: DistContext, cfg: TrainConfig, resume: str | Path | None, extra_
         raise UserError(f"{', '.join(s + '.beton' for s in changed)} in {cfg.data.data_dir}/ no longer matches its "
                         f"manifest.json (replaced or modified since prepare); rebuild the data with "
                         f"`python cli.py prepare --out {cfg.data.data_dir} --force`")
-    data_record = {
+    record = {
         "data_dir": str(Path(cfg.data.data_dir).resolve()),
         "source": manifest["source"], "official": manifest["official"],
         "train_mean": manifest["train_mean"], "train_std": manifest["train_std"],
         "classes": manifest["classes"],
         "sha256": {s: manifest["splits"][s]["sha256"] for s in ("train", "test")},
     }
-    if resume is not None and saved.get("data", {}).get("sha256") != data_record["sha256"]:
+    if saved is not None and saved.get("data", {}).get("sha256") != record["sha256"]:
         raise UserError(f"the data in {cfg.data.data_dir}/ differs from the data {run.path} was trained on "
                         "(sha256 mismatch); resume with the original data or start a new run")
+    return record
+
+
+def _train(ctx: DistContext, cfg: TrainConfig, resume: str | Path | None, extra_epochs_to: int | None,
+           log: Callable[[str], None], progress: bool) -> TrainResult:
+    from tqdm import tqdm
+
+    from pipeline.loader import make_loader
+    from training.curves import plot_curves
+
+    run, cfg, saved = _open_run(ctx, cfg, resume, extra_epochs_to)
+    setup = resolve_device(device_for(ctx, cfg.run.device), cfg.run.amp, cfg.run.channels_last)
+    data_record = _check_data(cfg, run, saved)
 
     seed_everything(cfg.run.seed)
     model = build_model(cfg.model).to(setup.device)
@@ -333,6 +347,7 @@ def _train(ctx: DistContext, cfg: TrainConfig, resume: str | Path | None, extra_
             raise UserError(f"{run.path} already finished {start_epoch} of {cfg.optim.epochs} epochs; "
                             f"pass --epochs N (N > {start_epoch}) to train further")
         run_id = run.read_config().get("run_id")
+        _on_main(ctx, run.remove_stale_temps)  # half-written files of a SIGKILLed predecessor
     else:
         run_id = ctx.broadcast(uuid.uuid4().hex)
 
@@ -345,8 +360,6 @@ def _train(ctx: DistContext, cfg: TrainConfig, resume: str | Path | None, extra_
                               "created": datetime.now().isoformat(timespec="seconds"), "command": sys.argv})
 
         _on_main(ctx, create)
-    if resume is not None:
-        _on_main(ctx, run.remove_stale_temps)
 
     workers = cfg.data.workers
     if workers is None and ctx.enabled:  # K processes on one node share its cores
