@@ -65,7 +65,10 @@ def test_figure_and_table_come_from_the_runs_metrics(compared):
         assert row["best_test_acc"] == pytest.approx(max(accs))
         assert row["best_epoch"] == int(np.argmax(accs)) + 1
         assert row["final_test_acc"] == pytest.approx(accs[-1])
-        assert row["epochs_done"] == 2 and row["wall_seconds"] > 0 and row["img_per_s"] > 0
+        assert row["epochs_done"] == 2
+        # the timing columns are the run's own records, not recomputed
+        assert row["wall_seconds"] == pytest.approx(RunDir(result.folder / norm).read_summary()["wall_seconds"])
+        assert row["img_per_s"] == pytest.approx(sum(m["img_per_s"] for m in metrics) / len(metrics))
         assert f"| {norm} | {100 * max(accs):.2f}% |" in c.table_md
     assert "best test acc" in c.md_path.read_text()
 

@@ -63,6 +63,12 @@ def draws(params, n, seed=SEED, epoch=EPOCH, start=0):
                 do_cut=cut.astype(bool))
 
 
+def augment_range(src, params, start=0):
+    """Augment src as dataset indices start..start+len(src)-1; also return what each image drew."""
+    n = len(src)
+    return run_kernel(src, np.arange(start, start + n), params), draws(params, n, start=start)
+
+
 def find_index(params, pred, seed=SEED, epoch=EPOCH, limit=100_000):
     for i in range(limit):
         p = kernels.draw_params(seed, epoch, i, params)
@@ -174,9 +180,7 @@ def test_crop_matches_padded_slice(pad):
     params = params_for(crop=True, pad=pad)
     n = 64
     src = images(n, seed=1)
-    idx = np.arange(1000, 1000 + n)
-    out = run_kernel(src, idx, params)
-    d = draws(params, n, start=1000)
+    out, d = augment_range(src, params, start=1000)
     for k in range(n):
         ref = crop_ref(src[k], d["dy"][k], d["dx"][k], pad)
         np.testing.assert_array_equal(out[k], ref.astype(np.uint8), err_msg=f"image {k}")
@@ -259,8 +263,7 @@ def test_cutout_only(size):
     params = params_for(cutout=True, cutout_p=1.0, cutout_size=size)
     n = 32
     src = images(n, seed=5)
-    out = run_kernel(src, np.arange(n), params)
-    d = draws(params, n, start=0)
+    out, d = augment_range(src, params)
     assert d["do_cut"].all()
     for k in range(n):
         cy, cx = d["cut_y"][k], d["cut_x"][k]
@@ -283,11 +286,9 @@ def test_all_ops_equal_composition_of_references():
     params = kernel_params(aug, False)
     n = 96
     src = smooth_images(n, seed=7)
-    idx = np.arange(500, 500 + n)
-    out = run_kernel(src, idx, params)
-    d = draws(params, n, start=500)
+    out, d = augment_range(src, params, start=500)
     for k in range(n):
-        p = kernels.draw_params(SEED, EPOCH, int(idx[k]), params)
+        p = kernels.draw_params(SEED, EPOCH, 500 + k, params)
         ref = to_uint8(compose_ref(src[k], p, aug.pad, aug.cutout_size))
         assert diff(out[k], ref).max() <= 1, (k, p, diff(out[k], ref).max())
     # the batch covered every combination of the boolean ops
