@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from common.atomic import atomic_path, write_json, write_text
+from common.atomic import write_json, write_text
 from common.errors import UserError
 from common.rundir import RunDir
 
@@ -117,14 +117,12 @@ def format_table(rows: list[dict[str, Any]]) -> str:
 
 def plot_comparison(series: dict[str, list[dict[str, float]]], path: Path, title: str) -> None:
     """Loss and accuracy against epoch: one colour per norm, train dashed, test solid."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     from matplotlib.lines import Line2D
 
-    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4.2), dpi=100)
+    from analysis.figures import new_figure, save_figure
+
+    fig = new_figure(10, 4.2)
+    ax_loss, ax_acc = fig.subplots(1, 2)
     handles = []
     for key, rows in series.items():
         colour = NORM_COLOURS.get(key)
@@ -152,9 +150,7 @@ def plot_comparison(series: dict[str, list[dict[str, float]]], path: Path, title
     fig.suptitle(title, fontsize=10)
     fig.legend(handles=handles, loc="lower center", ncol=len(handles), fontsize=8, frameon=False)
     fig.tight_layout(rect=(0, 0.07, 1, 1))
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png")
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def write_comparison(folder: str | Path) -> ComparisonResult:

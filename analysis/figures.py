@@ -36,6 +36,34 @@ def save_figure(fig, path: str | Path) -> Path:
     return path
 
 
+def curves_figure(rows: list[dict[str, float]], title: str = ""):
+    """Train (dashed) vs test (solid) loss and accuracy per epoch, LR drops dotted: the run's
+    curves.png (written by training) and the report's stand-in when that file is missing."""
+    from matplotlib.ticker import MaxNLocator
+
+    fig = new_figure(10, 3.8, layout="constrained")
+    ax_loss, ax_acc = fig.subplots(1, 2)
+    epochs = [r["epoch"] for r in rows]
+    drops = [r["epoch"] for prev, r in zip(rows, rows[1:]) if r["lr"] < prev["lr"] * 0.999]
+    for ax, key, scale, label in ((ax_loss, "loss", 1, "cross-entropy loss"), (ax_acc, "acc", 100, "accuracy (%)")):
+        ax.plot(epochs, [scale * r[f"train_{key}"] for r in rows], "o--", color="tab:blue", label="train")
+        ax.plot(epochs, [scale * r[f"test_{key}"] for r in rows], "o-", color="tab:orange", label="test")
+        for i, e in enumerate(drops):
+            # LR in row e is the LR used during epoch e, so the drop happened before it.
+            ax.axvline(e - 0.5, color="grey", linestyle=":", label="LR drop" if i == 0 else None)
+        ax.set_xlabel("epoch", fontsize=FONT + 1)
+        ax.set_ylabel(label, fontsize=FONT + 1)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=FONT)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.tick_params(labelsize=FONT)
+    ax_loss.set_title("Loss", fontsize=FONT + 1)
+    ax_acc.set_title("Accuracy", fontsize=FONT + 1)
+    if title:
+        fig.suptitle(title, fontsize=FONT + 2)
+    return fig
+
+
 def plot_confusion_matrix(matrix: np.ndarray, classes: Sequence[str], path: str | Path,
                           title: str) -> Path:
     """Counts in every cell, coloured by the row-normalised fraction.

@@ -113,7 +113,7 @@ header.top .sub { color:#c5cbd6; font-size:13px; margin:0 0 14px; word-break:bre
 .fact span { font-size:12px; color:#c5cbd6; text-transform:uppercase; letter-spacing:.04em; }
 .status { display:inline-block; padding:1px 9px; border-radius:10px; font-size:15px; font-weight:600; color:#fff; }
 .status-finished { background:var(--ok); } .status-running { background:var(--run); }
-.status-interrupted { background:var(--warn); } .status-diverged { background:var(--bad); }
+.status-interrupted { background:var(--warn); } .status-diverged, .status-failed { background:var(--bad); }
 .status-unknown { background:#6b7280; }
 .layout { display:flex; align-items:flex-start; gap:24px; max-width:1500px; margin:0 auto; padding:20px 24px 40px; }
 nav.toc { position:sticky; top:12px; flex:0 0 190px; background:var(--card); border:1px solid var(--line);

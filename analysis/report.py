@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from analysis.comparison import COMPARE_FILE, write_comparison
+from analysis.comparison import COMPARE_FILE, compare_runs, read_compare, write_comparison
 from analysis.html import Raw, Section, bar, code, esc, figure, key_values, note, page, table, tag
 from common.atomic import write_text
 from common.errors import UserError
@@ -155,7 +155,7 @@ def _read_json(path: Path) -> Any | None:
 
 
 def _status(status: str) -> Raw:
-    known = status if status in ("finished", "running", "interrupted", "diverged") else "unknown"
+    known = status if status in ("finished", "running", "interrupted", "diverged", "failed") else "unknown"
     return tag("span", status, cls=f"status status-{known}")
 
 
@@ -170,31 +170,10 @@ def _png(fig) -> bytes:
 
 
 def curves_png(rows: list[dict[str, float]], title: str = "") -> bytes:
-    """Train vs test loss and accuracy per epoch (LR drops dotted), for a run without curves.png."""
-    from matplotlib.ticker import MaxNLocator
+    """The run's curves drawn in memory, for a run without curves.png."""
+    from analysis.figures import curves_figure
 
-    from analysis.figures import FONT, new_figure
-
-    fig = new_figure(10, 3.8, layout="constrained")
-    ax_loss, ax_acc = fig.subplots(1, 2)
-    epochs = [r["epoch"] for r in rows]
-    drops = [r["epoch"] for prev, r in zip(rows, rows[1:]) if r["lr"] < prev["lr"] * 0.999]
-    for ax, key, scale, label in ((ax_loss, "loss", 1, "cross-entropy loss"), (ax_acc, "acc", 100, "accuracy (%)")):
-        ax.plot(epochs, [scale * r[f"train_{key}"] for r in rows], "o--", color="tab:blue", label="train")
-        ax.plot(epochs, [scale * r[f"test_{key}"] for r in rows], "o-", color="tab:orange", label="test")
-        for i, e in enumerate(drops):
-            ax.axvline(e - 0.5, color="grey", linestyle=":", label="LR drop" if i == 0 else None)
-        ax.set_xlabel("epoch", fontsize=FONT + 1)
-        ax.set_ylabel(label, fontsize=FONT + 1)
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=FONT)
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.tick_params(labelsize=FONT)
-    ax_loss.set_title("Loss", fontsize=FONT + 1)
-    ax_acc.set_title("Accuracy", fontsize=FONT + 1)
-    if title:
-        fig.suptitle(title, fontsize=FONT + 2)
-    return _png(fig)
+    return _png(curves_figure(rows, title))
 
 
 def throughput_png(rows: list[dict[str, float]]) -> bytes:
@@ -523,9 +502,8 @@ def _href(target: Path, out_path: Path) -> str:
 
 
 def _compare_doc(folder: Path, out_path: Path, log: Log) -> _Doc:
-    spec = _read_json(folder / COMPARE_FILE)
-    if not isinstance(spec, dict):
-        raise UserError(f"{folder / COMPARE_FILE} is not valid JSON; the compare folder is damaged")
+    spec = read_compare(folder)
+    run_paths = compare_runs(folder, spec)
     made: list[Path] = []
     notes: list[str] = []
     fig_path, table_path = folder / "comparison.png", folder / "comparison.json"
@@ -537,12 +515,12 @@ def _compare_doc(folder: Path, out_path: Path, log: Log) -> _Doc:
     rows: list[dict[str, Any]] = table_data.get("rows", []) if isinstance(table_data, dict) else []
     if not isinstance(rows, list):
         rows = []
-    runs_spec: dict[str, Any] = spec.get("runs") or {}
     norms = [str(n) for n in spec.get("norms") or [r.get("norm") for r in rows]]
 
     def run_path(norm: str, row: dict[str, Any] | None) -> Path:
-        rel = runs_spec.get(norm) or (row or {}).get("run") or norm
-        p = Path(rel)
+        if norm in run_paths:
+            return run_paths[norm].path
+        p = Path((row or {}).get("run") or norm)
         return p if p.is_absolute() else folder / p
 
     accs = [r for r in rows if isinstance(r.get("best_test_acc"), (int, float))]

@@ -136,6 +136,10 @@ class RunDir:
     def write_summary(self, summary: dict[str, Any]) -> None:
         write_json(self.summary_path, summary)
 
+    def update_summary(self, **fields: Any) -> None:
+        """Change some fields (usually the status), keeping the rest of summary.json."""
+        self.write_summary({**self.read_summary(), **fields})
+
     @property
     def finished(self) -> bool:
         return self.read_summary().get("status") == "finished"

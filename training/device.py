@@ -27,6 +27,12 @@ class DeviceSetup:
             return torch.autocast(self.device.type, enabled=False)
         return torch.autocast(self.device.type, dtype=self.amp_dtype)
 
+    def batch(self, x: torch.Tensor) -> torch.Tensor:
+        """A loader batch in the memory format the model runs in (a no-op when it already is)."""
+        if self.channels_last:
+            return x.contiguous(memory_format=torch.channels_last)
+        return x if x.is_contiguous() else x.contiguous()
+
     def describe(self) -> str:
         amp = {None: "fp32", torch.bfloat16: "bf16 AMP", torch.float16: "fp16 AMP"}[self.amp_dtype]
         fmt = "channels-last" if self.channels_last else "NCHW"

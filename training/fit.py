@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import os
 import platform
 import random
 import shutil
@@ -199,11 +200,7 @@ def evaluate_loader(model: nn.Module, loader: Any, setup: DeviceSetup, ctx: Dist
         for x, y in loader:
             if stopper is not None and stopper.requested and not ctx.enabled:
                 raise _StopDuringEval
-            if setup.channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
-            elif not x.is_contiguous():
-                x = x.contiguous()
-            logits = model(x).float()
+            logits = model(setup.batch(x)).float()
             losses.append(F.cross_entropy(logits, y, reduction="none").double().cpu())
             probs.append(torch.softmax(logits, 1).cpu())
             labels.append(y.cpu())
@@ -305,7 +302,7 @@ def _train(ctx: DistContext, cfg: TrainConfig, resume: str | Path | None, extra_
     from tqdm import tqdm
 
     from pipeline.loader import make_loader
-    from training.curves import plot_curves
+    from analysis.figures import curves_figure, save_figure
 
     run, cfg, saved = _open_run(ctx, cfg, resume, extra_epochs_to)
     setup = resolve_device(device_for(ctx, cfg.run.device), cfg.run.amp, cfg.run.channels_last)
@@ -363,8 +360,6 @@ def _train(ctx: DistContext, cfg: TrainConfig, resume: str | Path | None, extra_
 
     workers = cfg.data.workers
     if workers is None and ctx.enabled:  # K processes on one node share its cores
-        import os
-
         workers = max(1, (os.cpu_count() or 1) // int(os.environ.get("LOCAL_WORLD_SIZE", ctx.world)))
     train_loader = make_loader(cfg.data.data_dir, "train", cfg.optim.batch_size, cfg.augment,
                                seed=cfg.run.seed, device=setup.device, workers=workers,
@@ -387,7 +382,7 @@ def _train(ctx: DistContext, cfg: TrainConfig, resume: str | Path | None, extra_
         f"{train_loader.info.count:,} train / {test_loader.info.count:,} test images, {steps} steps/epoch of "
         f"{cfg.optim.batch_size}, epochs {start_epoch + 1}-{cfg.optim.epochs}"
         + (f" (epoch {start_epoch + 1} from step {partial['step'] + 1})" if partial else ""))
-    _on_main(ctx, lambda: run.write_summary({**run.read_summary(), "status": "running"}))
+    _on_main(ctx, lambda: run.update_summary(status="running"))
     t_run = time.perf_counter()
     on_gpu = setup.device.type == "cuda"
     # Syncing with the GPU every step would stall it, so there the loss (and, under torchrun, the
@@ -406,15 +401,13 @@ def _train(ctx: DistContext, cfg: TrainConfig, resume: str | Path | None, extra_
 
         def save() -> None:
             run.save_checkpoint("last", snapshot(epoch, extra))
-            run.write_summary({**run.read_summary(), "status": "interrupted",
-                               "stopped_at": {"epoch": epoch + 1, "step": step_done}})
+            run.update_summary(status="interrupted", stopped_at={"epoch": epoch + 1, "step": step_done})
 
         _on_main(ctx, save)
         raise Interrupted(f"{signame}: stopped in epoch {epoch + 1} after step {step_done} of {steps} and saved "
                           f"that state to {run.checkpoint_path('last')}; resume with "
                           f"`python cli.py train --resume {run.path}`")
 
-    epoch = start_epoch
     try:
         with _Stopper(log) as stopper:
             for epoch in range(start_epoch, cfg.optim.epochs):
@@ -445,10 +438,7 @@ def _train(ctx: DistContext, cfg: TrainConfig, resume: str | Path | None, extra_
                             break
                         if step < skip:  # consumed before the interruption; same batches, same order
                             continue
-                        if setup.channels_last:
-                            x = x.contiguous(memory_format=torch.channels_last)
-                        elif not x.is_contiguous():
-                            x = x.contiguous()
+                        x = setup.batch(x)
                         with setup.autocast():
                             logits = step_model(x)
                             loss = criterion(logits, y)
@@ -464,7 +454,7 @@ def _train(ctx: DistContext, cfg: TrainConfig, resume: str | Path | None, extra_
                             *sums, flags = ctx.all_sum([loss_sum.item(), correct.item(), float(seen), flag])
                             mean_loss = sums[0] / max(sums[2], 1)
                             if not math.isfinite(mean_loss):
-                                _on_main(ctx, lambda: run.write_summary({**run.read_summary(), "status": "diverged"}))
+                                _on_main(ctx, lambda: run.update_summary(status="diverged"))
                                 raise Diverged(
                                     f"training diverged: the loss became {mean_loss} in epoch {epoch + 1} by step "
                                     f"{step + 1}; the last good checkpoint is {run.checkpoint_path('last')} "
@@ -503,7 +493,8 @@ def _train(ctx: DistContext, cfg: TrainConfig, resume: str | Path | None, extra_
                         run.write_predictions("best", labels, probs)
                     run.save_checkpoint("last", state)
                     run.write_metrics(rows)
-                    plot_curves(rows, run.curves_path, title=f"ResNet-18 ({cfg.model.norm} norm), {run.path.name}")
+                    save_figure(curves_figure(rows, f"ResNet-18 ({cfg.model.norm} norm), {run.path.name}"),
+                                run.curves_path)
                     run.write_summary({"status": "running", "epochs_done": epoch + 1, "epochs": cfg.optim.epochs,
                                        "best_acc": best_acc, "best_epoch": best_epoch,
                                        "wall_seconds": state["wall_seconds"]})
@@ -513,12 +504,12 @@ def _train(ctx: DistContext, cfg: TrainConfig, resume: str | Path | None, extra_
                     f"acc {100 * row['train_acc']:5.2f}%  test loss {test_loss:.4f} acc {100 * test_acc:5.2f}%  "
                     f"lr {lr:.2g}  {seconds:.1f} s  {row['img_per_s']:,.0f} img/s" + ("  *best" if improved else ""))
                 if ctx.all_sum([1.0 if stopper.requested else 0.0])[0] > 0 and epoch + 1 < cfg.optim.epochs:
-                    _on_main(ctx, lambda: run.write_summary({**run.read_summary(), "status": "interrupted"}))
+                    _on_main(ctx, lambda: run.update_summary(status="interrupted"))
                     raise Interrupted(f"{stopper.requested or 'SIGTERM'}: stopped after epoch {epoch + 1}, whose "
                                       f"checkpoint is saved; resume with `python cli.py train --resume {run.path}`")
     except KeyboardInterrupt:
         done = rows[-1]["epoch"] if rows else start_epoch
-        _on_main(ctx, lambda: run.write_summary({**run.read_summary(), "status": "interrupted"}))
+        _on_main(ctx, lambda: run.update_summary(status="interrupted"))
         hint = (f"resume with `python cli.py train --resume {run.path}`" if run.has_checkpoint("last")
                 else "no epoch finished, so there is nothing to resume")
         raise Interrupted(f"interrupted during epoch {done + 1}; kept the checkpoint of epoch {done}; {hint}") from None
@@ -526,7 +517,7 @@ def _train(ctx: DistContext, cfg: TrainConfig, resume: str | Path | None, extra_
         if not isinstance(exc, (Diverged, Interrupted)):
             # e.g. the disk filled up mid-run: say so in summary.json if there is room for it
             try:
-                _on_main(ctx, lambda: run.write_summary({**run.read_summary(), "status": "failed", "error": str(exc)}))
+                _on_main(ctx, lambda: run.update_summary(status="failed", error=str(exc)))
             except UserError:
                 pass
         raise
