@@ -10,10 +10,9 @@ from __future__ import annotations
 
 import functools
 import inspect
-import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable, List, Optional
 
 import typer
 
@@ -52,9 +51,9 @@ def user_errors(fn: Callable) -> Callable:
 @app.command()
 @user_errors
 def prepare(
-    source: Optional[Path] = typer.Option(None, help="Local cifar-10-python.tar.gz or extracted cifar-10-batches-py/ folder; default: download the official archive."),
+    source: Path | None = typer.Option(None, help="Local cifar-10-python.tar.gz or extracted cifar-10-batches-py/ folder; default: download the official archive."),
     out: Path = typer.Option(Path("data"), help="Folder for train.beton, test.beton and manifest.json."),
-    limit: Optional[int] = typer.Option(None, help="Write only the first N images of each split (quick experiments)."),
+    limit: int | None = typer.Option(None, help="Write only the first N images of each split (quick experiments)."),
     force: bool = typer.Option(False, help="Rewrite even when valid outputs already exist."),
 ) -> None:
     """Write CIFAR-10 to FFCV .beton files (validated, atomic) plus a manifest with mean/std."""
@@ -72,7 +71,7 @@ def prepare(
                    f"+ {out}/manifest.json in {result.seconds:.1f} s")
 
 
-def _parse_fill(fill: Optional[str]) -> Optional[tuple[int, int, int]]:
+def _parse_fill(fill: str | None) -> tuple[int, int, int] | None:
     if fill is None or fill == "mean":
         return None
     try:
@@ -86,11 +85,11 @@ def _parse_fill(fill: Optional[str]) -> Optional[tuple[int, int, int]]:
 
 def _train_flags(
     data: Path = typer.Option(Path("data"), help="Folder written by `prepare`."),
-    epochs: Optional[int] = typer.Option(None, help="Epochs to train (default 40; with --resume: raise the budget)."),
+    epochs: int | None = typer.Option(None, help="Epochs to train (default 40; with --resume: raise the budget)."),
     batch_size: int = typer.Option(128, help="Images per step."),
     lr: float = typer.Option(0.03, help="SGD learning rate."),
     momentum: float = typer.Option(0.9, help="SGD momentum."),
-    weight_decay: Optional[float] = typer.Option(None, help="SGD weight decay (default 5e-4; 0 in --recipe assignment)."),
+    weight_decay: float | None = typer.Option(None, help="SGD weight decay (default 5e-4; 0 in --recipe assignment)."),
     label_smoothing: float = typer.Option(0.0, help="Cross-entropy label smoothing."),
     plateau_factor: float = typer.Option(0.1, help="ReduceLROnPlateau factor (on test loss)."),
     plateau_patience: int = typer.Option(2, help="ReduceLROnPlateau patience, in epochs."),
@@ -98,24 +97,24 @@ def _train_flags(
     norm: str = typer.Option("layer", help="Normalisation: layer (GroupNorm(1,C)), group, batch."),
     groups: int = typer.Option(32, help="Groups for --norm group."),
     recipe: str = typer.Option("default", help="default, or 'assignment': the original assignment exactly (wd 0, no flip, pad 2, rotate 5, cutout 16 p0.5)."),
-    crop: Optional[bool] = typer.Option(None, "--crop/--no-crop", help="Random pad + crop."),
-    pad: Optional[int] = typer.Option(None, help="Padding for the random crop (default 4)."),
-    flip: Optional[bool] = typer.Option(None, "--flip/--no-flip", help="Random horizontal flip."),
-    flip_p: Optional[float] = typer.Option(None, help="Flip probability (default 0.5)."),
-    rotate: Optional[bool] = typer.Option(None, "--rotate/--no-rotate", help="Random rotation."),
-    max_angle: Optional[float] = typer.Option(None, help="Largest rotation in degrees (default 5)."),
-    cutout: Optional[bool] = typer.Option(None, "--cutout/--no-cutout", help="Cutout."),
-    cutout_size: Optional[int] = typer.Option(None, help="Cutout square side (default 16)."),
-    cutout_p: Optional[float] = typer.Option(None, help="Cutout probability (default 0.5)."),
-    fill: Optional[str] = typer.Option(None, help="Fill for pad/rotation/cutout: 'mean' (default) or R,G,B."),
-    subset: Optional[int] = typer.Option(None, help="Train on the first N training images only."),
-    test_subset: Optional[int] = typer.Option(None, help="Evaluate on the first N test images only (quick CPU runs)."),
-    max_steps: Optional[int] = typer.Option(None, help="At most this many steps per epoch (quick looks)."),
-    workers: Optional[int] = typer.Option(None, help="Loader threads (default: all cores)."),
+    crop: bool | None = typer.Option(None, "--crop/--no-crop", help="Random pad + crop."),
+    pad: int | None = typer.Option(None, help="Padding for the random crop (default 4)."),
+    flip: bool | None = typer.Option(None, "--flip/--no-flip", help="Random horizontal flip."),
+    flip_p: float | None = typer.Option(None, help="Flip probability (default 0.5)."),
+    rotate: bool | None = typer.Option(None, "--rotate/--no-rotate", help="Random rotation."),
+    max_angle: float | None = typer.Option(None, help="Largest rotation in degrees (default 5)."),
+    cutout: bool | None = typer.Option(None, "--cutout/--no-cutout", help="Cutout."),
+    cutout_size: int | None = typer.Option(None, help="Cutout square side (default 16)."),
+    cutout_p: float | None = typer.Option(None, help="Cutout probability (default 0.5)."),
+    fill: str | None = typer.Option(None, help="Fill for pad/rotation/cutout: 'mean' (default) or R,G,B."),
+    subset: int | None = typer.Option(None, help="Train on the first N training images only."),
+    test_subset: int | None = typer.Option(None, help="Evaluate on the first N test images only (quick CPU runs)."),
+    max_steps: int | None = typer.Option(None, help="At most this many steps per epoch (quick looks)."),
+    workers: int | None = typer.Option(None, help="Loader threads (default: all cores)."),
     seed: int = typer.Option(0, help="Seed for init, shuffling and augmentation."),
     device: str = typer.Option("auto", help="auto (CUDA when present), cpu, cuda, cuda:N."),
     amp: bool = typer.Option(True, "--amp/--no-amp", help="Mixed precision on CUDA (bf16, else fp16 + GradScaler)."),
-    channels_last: Optional[bool] = typer.Option(None, "--channels-last/--no-channels-last", help="Memory format (default on: faster on CUDA and, measured, on CPU)."),
+    channels_last: bool | None = typer.Option(None, "--channels-last/--no-channels-last", help="Memory format (default on: faster on CUDA and, measured, on CPU)."),
     compile: bool = typer.Option(False, "--compile", help="torch.compile the model."),
     quiet: bool = typer.Option(False, help="No progress bar."),
 ) -> None:
@@ -137,7 +136,7 @@ def with_train_flags(*exclude: str) -> Callable[[Callable], Callable]:
     return decorate
 
 
-def _train_config(flags: dict) -> "TrainConfig":
+def _train_config(flags: dict) -> TrainConfig:
     """Flags → a TrainConfig (recipe first, then every explicit flag)."""
     from common.config import TrainConfig, apply_recipe
 
@@ -166,8 +165,8 @@ def _train_config(flags: dict) -> "TrainConfig":
 @user_errors
 @with_train_flags()
 def train(
-    run: Optional[Path] = typer.Option(None, "--run", "--run-dir", help="Run directory to create (default runs/<timestamp>-<norm>); spell it --run-dir under torchrun, whose own --run-path makes --run ambiguous."),
-    resume: Optional[Path] = typer.Option(None, help="Continue the run in this directory from its last.pt."),
+    run: Path | None = typer.Option(None, "--run", "--run-dir", help="Run directory to create (default runs/<timestamp>-<norm>); spell it --run-dir under torchrun, whose own --run-path makes --run ambiguous."),
+    resume: Path | None = typer.Option(None, help="Continue the run in this directory from its last.pt."),
     **flags,
 ) -> None:
     """Train ResNet-18 (LayerNorm by default) and write a run directory."""
@@ -189,13 +188,14 @@ def train(
 @user_errors
 @with_train_flags("norm")
 def compare(
-    norms: Optional[str] = typer.Option(None, help="Comma-separated normalisations to train, e.g. batch,group,layer (default: those of --runs, else all three)."),
-    runs: List[str] = typer.Option([], help="Finished runs to reuse instead of training their norms: repeat the flag or give a comma-separated list."),
-    run: Optional[Path] = typer.Option(None, help="Comparison folder (default runs/compare-<timestamp>); each norm's run is a subfolder. Re-run the same command to resume it."),
+    norms: str | None = typer.Option(None, help="Comma-separated normalisations to train, e.g. batch,group,layer (default: those of --runs, else all three)."),
+    runs: list[str] = typer.Option([], help="Finished runs to reuse instead of training their norms: repeat the flag or give a comma-separated list."),
+    run: Path | None = typer.Option(None, help="Comparison folder (default runs/compare-<timestamp>); each norm's run is a subfolder. Re-run the same command to resume it."),
     **flags,
 ) -> None:
     """Normalisation study: one run per norm with identical settings and seed, one overlay figure and table."""
-    from training.compare import compare as run_compare, parse_norms
+    from training.compare import compare as run_compare
+    from training.compare import parse_norms
 
     cfg = _train_config(flags)
     chosen = parse_norms(norms) if norms is not None else (None if runs else ["batch", "group", "layer"])
@@ -224,15 +224,15 @@ def summary(
 @app.command()
 @user_errors
 def explain(
-    run: Optional[Path] = typer.Option(None, help="Run directory (default: the newest run under runs/)."),
-    layer: List[int] = typer.Option([3], help="ResNet stage whose last block is explained: 3 (8×8 map) or 4 (4×4 map); repeat the flag for both."),
+    run: Path | None = typer.Option(None, help="Run directory (default: the newest run under runs/)."),
+    layer: list[int] = typer.Option([3], help="ResNet stage whose last block is explained: 3 (8×8 map) or 4 (4×4 map); repeat the flag for both."),
     count: int = typer.Option(20, help="How many misclassified test images to show."),
     pick: str = typer.Option("confident", help="confident: the mistakes the model was surest about; random: a seeded sample."),
     seed: int = typer.Option(0, help="Seed for --pick random and for the faithfulness metric's imputation noise."),
     target: str = typer.Option("predicted", help="Class the heat map explains: predicted or true."),
     method: str = typer.Option("gradcam", help="gradcam, gradcam++, xgradcam, hirescam, layercam, eigencam, eigengradcam, scorecam (minutes on a CPU)."),
     which: str = typer.Option("best", help="Checkpoint: best or last."),
-    data: Optional[Path] = typer.Option(None, help="Folder with test.npz (default: the one the run was trained on)."),
+    data: Path | None = typer.Option(None, help="Folder with test.npz (default: the one the run was trained on)."),
 ) -> None:
     """Misclassified test images, Grad-CAM heat maps and their faithfulness scores."""
     from analysis.commands import explain_command
@@ -244,10 +244,10 @@ def explain(
 @app.command()
 @user_errors
 def evaluate(
-    run: Optional[Path] = typer.Option(None, help="Run directory (default: the newest run under runs/)."),
+    run: Path | None = typer.Option(None, help="Run directory (default: the newest run under runs/)."),
     which: str = typer.Option("best", help="Checkpoint: best or last."),
     recompute: bool = typer.Option(False, "--recompute", help="Run the model over the test set instead of reading saved predictions."),
-    data: Optional[Path] = typer.Option(None, help="Folder with test.npz (default: the one the run was trained on)."),
+    data: Path | None = typer.Option(None, help="Folder with test.npz (default: the one the run was trained on)."),
 ) -> None:
     """Overall and per-class test accuracy and a confusion matrix."""
     from analysis.commands import evaluate_command
@@ -258,8 +258,8 @@ def evaluate(
 @app.command()
 @user_errors
 def report(
-    run: Optional[Path] = typer.Argument(None, help="Run directory or compare folder (default: the newest run under runs/)."),
-    out: Optional[Path] = typer.Option(None, help="HTML file to write (default: RUN/report.html)."),
+    run: Path | None = typer.Argument(None, help="Run directory or compare folder (default: the newest run under runs/)."),
+    out: Path | None = typer.Option(None, help="HTML file to write (default: RUN/report.html)."),
 ) -> None:
     """One self-contained HTML page: config, data, curves, per-class accuracy, Grad-CAM, throughput."""
     from analysis.commands import report_command
@@ -274,8 +274,8 @@ def bench_loader_cmd(
     batch_size: int = typer.Option(512, help="Images per batch."),
     epochs: int = typer.Option(2, help="Timed epochs of the FFCV pipelines."),
     tv_limit: int = typer.Option(20_000, help="Images timed through torchvision (it is ~25x slower)."),
-    workers: Optional[int] = typer.Option(None, help="Workers for both loaders (default: all cores)."),
-    json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the figures here."),
+    workers: int | None = typer.Option(None, help="Workers for both loaders (default: all cores)."),
+    json_out: Path | None = typer.Option(None, "--json", help="Also write the figures here."),
 ) -> None:
     """Train pipeline (all augmentations) vs torchvision DataLoader vs no augmentation."""
     from bench.common import report
@@ -289,10 +289,10 @@ def bench_loader_cmd(
 def bench_train_cmd(
     data: Path = typer.Option(Path("data"), help="Prepared data; a synthetic set is used when absent."),
     batch_size: int = typer.Option(128, help="Images per step."),
-    steps: Optional[int] = typer.Option(None, help="Timed steps (default 6 on CPU, 50 on CUDA)."),
+    steps: int | None = typer.Option(None, help="Timed steps (default 6 on CPU, 50 on CUDA)."),
     device: str = typer.Option("auto", help="auto, cpu or cuda."),
     norm: str = typer.Option("layer", help="layer, group or batch."),
-    json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the figures here."),
+    json_out: Path | None = typer.Option(None, "--json", help="Also write the figures here."),
 ) -> None:
     """Train step fed by the loader vs model-only vs a torchvision baseline."""
     from bench.common import report
@@ -305,7 +305,7 @@ def bench_train_cmd(
 @user_errors
 def bench_prepare_cmd(
     source: Path = typer.Option(..., help="A CIFAR-10 archive or folder to time (it is not modified)."),
-    json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the figures here."),
+    json_out: Path | None = typer.Option(None, "--json", help="Also write the figures here."),
 ) -> None:
     """Archive → betons, step by step, against the floor of just reading the archive."""
     from bench.common import report
@@ -318,7 +318,7 @@ def bench_prepare_cmd(
 @user_errors
 def bench_startup_cmd(
     data: Path = typer.Option(Path("data"), help="Prepared data; a synthetic set is used when absent."),
-    json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the figures here."),
+    json_out: Path | None = typer.Option(None, "--json", help="Also write the figures here."),
 ) -> None:
     """Process start → first batch: imports, loader build, JIT with a cold and a warm numba cache."""
     from bench.common import report

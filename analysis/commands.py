@@ -6,8 +6,8 @@ cli.py only parses flags and calls these; they catch nothing, so a UserError rea
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Callable, Sequence
 
 import typer
 

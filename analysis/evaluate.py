@@ -5,9 +5,9 @@ Writes <run>/analysis/confusion_matrix.png and <run>/analysis/evaluation.json.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 

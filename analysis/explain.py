@@ -9,10 +9,9 @@ Writes into <run>/analysis/:
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
-
 
 from analysis.faithfulness import BETTER, METRIC_NAME, describe
 from analysis.gradcam import SLOW_METHODS, check_layers, check_method, method_slug

@@ -15,8 +15,8 @@ all layers and both orders stacked into a single forward costs one pass of 4 x 2
 from __future__ import annotations
 
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 

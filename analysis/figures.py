@@ -6,8 +6,8 @@ backend is touched, no global figure state leaks between calls, and it works hea
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 

@@ -9,9 +9,9 @@ title layout of every Axes, even with axes off); the single array takes ~0.5 s. 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 

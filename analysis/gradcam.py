@@ -8,8 +8,8 @@ calls (ResNet-18, one thread on the shared 2-core CPU).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 

@@ -7,9 +7,10 @@ folder keeps the analysis correct even when `--data` points at a re-prepared cop
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -101,7 +102,7 @@ def load_test_set(inputs: RunInputs) -> tuple[np.ndarray, np.ndarray]:
 
 
 def to_model_input(images: np.ndarray, mean: np.ndarray, std: np.ndarray,
-                   indices: Sequence[int] | np.ndarray | None = None) -> "torch.Tensor":
+                   indices: Sequence[int] | np.ndarray | None = None) -> torch.Tensor:
     """uint8 NHWC images → normalised float32 NCHW tensor, exactly as the loader feeds training."""
     import torch
 

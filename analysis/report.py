@@ -21,9 +21,10 @@ import os
 import shlex
 import time
 import urllib.parse
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from analysis.comparison import COMPARE_FILE, compare_runs, read_compare, write_comparison
 from analysis.html import Raw, Section, bar, code, esc, figure, key_values, note, page, table, tag

@@ -52,7 +52,7 @@ class AugmentConfig:
         return self.crop or self.flip or self.rotate or self.cutout
 
     @classmethod
-    def none(cls) -> "AugmentConfig":
+    def none(cls) -> AugmentConfig:
         return cls(crop=False, flip=False, rotate=False, cutout=False)
 
 
@@ -136,7 +136,7 @@ class TrainConfig:
     run: RunConfig = field(default_factory=RunConfig)
     recipe: str = "default"
 
-    def validate(self) -> "TrainConfig":
+    def validate(self) -> TrainConfig:
         self.data.validate()
         self.augment.validate()
         self.model.validate()
@@ -147,7 +147,7 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, raw: dict[str, Any]) -> "TrainConfig":
+    def from_dict(cls, raw: dict[str, Any]) -> TrainConfig:
         def build(kind: type, values: dict[str, Any] | None) -> Any:
             values = dict(values or {})
             names = {f.name for f in dataclasses.fields(kind)}

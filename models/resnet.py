@@ -12,7 +12,7 @@ keeps per-channel affine parameters and works at every resolution.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F

@@ -9,18 +9,17 @@ two-int array owned by the op: `set_epoch` writes it before FFCV starts the epoc
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import replace
-from typing import Callable, Optional, Sequence, Tuple
 
 import numba
 import numpy as np
-from numba import types
-from numba.core import cgutils
-from numba.extending import intrinsic
-
 from ffcv.pipeline.allocation_query import AllocationQuery
 from ffcv.pipeline.operation import Operation
 from ffcv.pipeline.state import State
+from numba import types
+from numba.core import cgutils
+from numba.extending import intrinsic
 
 from common.config import AugmentConfig
 from pipeline import kernels
@@ -81,6 +80,6 @@ class AugmentNormalize(Operation):
         augment_normalize.with_indices = True
         return augment_normalize
 
-    def declare_state_and_memory(self, previous_state: State) -> Tuple[State, Optional[AllocationQuery]]:
+    def declare_state_and_memory(self, previous_state: State) -> tuple[State, AllocationQuery | None]:
         return (replace(previous_state, jit_mode=True, dtype=self.out_dtype),
                 AllocationQuery(previous_state.shape, self.out_dtype))

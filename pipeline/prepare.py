@@ -11,9 +11,10 @@ import functools
 import json
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numba
 import numpy as np
@@ -22,7 +23,16 @@ from common.atomic import atomic_group
 from common.errors import UserError
 from pipeline import cifar_source
 from pipeline.cifar_source import CLASSES, CifarData, Split
-from pipeline.manifest import FORMAT_VERSION, MANIFEST, SPLITS, TEST_ARRAYS, beton_path, read_manifest, sha256_file, verify_betons
+from pipeline.manifest import (
+    FORMAT_VERSION,
+    MANIFEST,
+    SPLITS,
+    TEST_ARRAYS,
+    beton_path,
+    read_manifest,
+    sha256_file,
+    verify_betons,
+)
 
 
 @dataclass
@@ -70,9 +80,9 @@ def channel_stats(images: np.ndarray) -> tuple[list[float], list[float]]:
 
 def write_beton(path: Path, split: Split, desc: str, workers: int = -1) -> None:
     """Write one beton straight to `path` (callers pass a temp path and rename it)."""
+    import ffcv.writer as ffcv_writer
     from ffcv.fields import IntField, RGBImageField
     from ffcv.writer import DatasetWriter
-    import ffcv.writer as ffcv_writer
     from tqdm import tqdm
 
     # FFCV's writer shows a bare tqdm bar; give it a name and an images/s unit.

@@ -9,7 +9,6 @@ each), so the loaders are module fixtures, each iterated once per epoch it is as
 from __future__ import annotations
 
 import json
-
 import shutil
 from pathlib import Path
 

@@ -9,10 +9,11 @@ runs that never finished an epoch start over.
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 from analysis.comparison import COMPARE_FILE, ComparisonResult, is_compare_dir, read_compare, write_comparison
 from common.atomic import write_json

@@ -27,10 +27,11 @@ import signal
 import sys
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -148,7 +149,7 @@ class _Stopper:
         self.log = log
         self.requested: str | None = None
 
-    def __enter__(self) -> "_Stopper":
+    def __enter__(self) -> _Stopper:
         self.previous: dict[int, Any] = {}
         for sig in self.SIGNALS:
             try:
@@ -301,8 +302,8 @@ def _train(ctx: DistContext, cfg: TrainConfig, resume: str | Path | None, extra_
            log: Callable[[str], None], progress: bool) -> TrainResult:
     from tqdm import tqdm
 
-    from pipeline.loader import make_loader
     from analysis.figures import curves_figure, save_figure
+    from pipeline.loader import make_loader
 
     run, cfg, saved = _open_run(ctx, cfg, resume, extra_epochs_to)
     setup = resolve_device(device_for(ctx, cfg.run.device), cfg.run.amp, cfg.run.channels_last)
