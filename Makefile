@@ -12,7 +12,11 @@ PY := .venv/bin/python
 setup:
 	bash scripts/setup.sh
 
+# Lint (ruff: pyflakes, pycodestyle, import order, bugbear, pyupgrade) and types (mypy) before the tests;
+# both are pinned in requirements.lock and configured in pyproject.toml.
 test: setup
+	$(PY) -m ruff check .
+	$(PY) -m mypy
 	$(PY) -m pytest -q tests
 
 # prepare → train → explain → evaluate. SOURCE empty = download the official archive.

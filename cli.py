@@ -9,15 +9,16 @@ never read betons never import FFCV.
 from __future__ import annotations
 
 import functools
-import inspect
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import typer
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from cli_flags import with_train_flags  # noqa: E402  (typer + config only: --help stays instant)
 from common.errors import UserError  # noqa: E402  (no heavy imports behind this)
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -43,7 +44,7 @@ def user_errors(fn: Callable) -> Callable:
             _fail(str(exc), exc.exit_code)
         except KeyboardInterrupt:
             typer.secho("interrupted", err=True)
-            raise typer.Exit(130)
+            raise typer.Exit(130) from None
 
     return wrapper
 
@@ -51,114 +52,25 @@ def user_errors(fn: Callable) -> Callable:
 @app.command()
 @user_errors
 def prepare(
-    source: Path | None = typer.Option(None, help="Local cifar-10-python.tar.gz or extracted cifar-10-batches-py/ folder; default: download the official archive."),
-    out: Path = typer.Option(Path("data"), help="Folder for train.beton, test.beton and manifest.json."),
+    source: Path | None = typer.Option(None, help="Local cifar-10-python.tar.gz, extracted cifar-10-batches-py/ folder, or image folder (train/<class>/*.png|jpg|jpeg|bmp|webp and test/<class>/…; centre-cropped, resized to 32x32); default: download the official archive."),
+    out: Path = typer.Option(Path("data"), help="Folder for train.npz, test.npz, manifest.json and (where FFCV imports) train.beton, test.beton."),
     limit: int | None = typer.Option(None, help="Write only the first N images of each split (quick experiments)."),
     force: bool = typer.Option(False, help="Rewrite even when valid outputs already exist."),
 ) -> None:
-    """Write CIFAR-10 to FFCV .beton files (validated, atomic) plus a manifest with mean/std."""
+    """CIFAR-10 (or an image folder) → arrays for the torch loader, FFCV .beton files where FFCV imports, and a manifest (validated, atomic)."""
+    from pipeline.manifest import has_betons
     from pipeline.prepare import prepare as run_prepare
 
     result = run_prepare(str(source) if source is not None else None, out, limit=limit, force=force,
                          log=lambda m: typer.echo(m, err=True))
     m = result.manifest
     counts = ", ".join(f"{s} {m['splits'][s]['count']:,}" for s in ("train", "test"))
+    files = "betons and arrays" if has_betons(m) else "arrays (no betons: FFCV does not import)"
     if result.skipped:
-        typer.echo(f"{out}/ already holds valid betons ({counts}); nothing to do (use --force to rewrite)")
+        typer.echo(f"{out}/ already holds valid {files} ({counts}); nothing to do (use --force to rewrite)")
     else:
         kind = "official" if m["official"] else "non-official"
-        typer.echo(f"wrote {out}/train.beton and test.beton ({counts}; {kind} data) "
-                   f"+ {out}/manifest.json in {result.seconds:.1f} s")
-
-
-def _parse_fill(fill: str | None) -> tuple[int, int, int] | None:
-    if fill is None or fill == "mean":
-        return None
-    try:
-        values = tuple(int(v) for v in fill.split(","))
-    except ValueError:
-        raise UserError(f"--fill must be 'mean' or three integers R,G,B in 0-255, got {fill!r}") from None
-    if len(values) != 3:
-        raise UserError(f"--fill must be 'mean' or three integers R,G,B in 0-255, got {fill!r}")
-    return values  # type: ignore[return-value]
-
-
-def _train_flags(
-    data: Path = typer.Option(Path("data"), help="Folder written by `prepare`."),
-    epochs: int | None = typer.Option(None, help="Epochs to train (default 40; with --resume: raise the budget)."),
-    batch_size: int = typer.Option(128, help="Images per step."),
-    lr: float = typer.Option(0.03, help="SGD learning rate."),
-    momentum: float = typer.Option(0.9, help="SGD momentum."),
-    weight_decay: float | None = typer.Option(None, help="SGD weight decay (default 5e-4; 0 in --recipe assignment)."),
-    label_smoothing: float = typer.Option(0.0, help="Cross-entropy label smoothing."),
-    plateau_factor: float = typer.Option(0.1, help="ReduceLROnPlateau factor (on test loss)."),
-    plateau_patience: int = typer.Option(2, help="ReduceLROnPlateau patience, in epochs."),
-    plateau_threshold: float = typer.Option(0.001, help="ReduceLROnPlateau relative threshold."),
-    norm: str = typer.Option("layer", help="Normalisation: layer (GroupNorm(1,C)), group, batch."),
-    groups: int = typer.Option(32, help="Groups for --norm group."),
-    recipe: str = typer.Option("default", help="default, or 'assignment': the original assignment exactly (wd 0, no flip, pad 2, rotate 5, cutout 16 p0.5)."),
-    crop: bool | None = typer.Option(None, "--crop/--no-crop", help="Random pad + crop."),
-    pad: int | None = typer.Option(None, help="Padding for the random crop (default 4)."),
-    flip: bool | None = typer.Option(None, "--flip/--no-flip", help="Random horizontal flip."),
-    flip_p: float | None = typer.Option(None, help="Flip probability (default 0.5)."),
-    rotate: bool | None = typer.Option(None, "--rotate/--no-rotate", help="Random rotation."),
-    max_angle: float | None = typer.Option(None, help="Largest rotation in degrees (default 5)."),
-    cutout: bool | None = typer.Option(None, "--cutout/--no-cutout", help="Cutout."),
-    cutout_size: int | None = typer.Option(None, help="Cutout square side (default 16)."),
-    cutout_p: float | None = typer.Option(None, help="Cutout probability (default 0.5)."),
-    fill: str | None = typer.Option(None, help="Fill for pad/rotation/cutout: 'mean' (default) or R,G,B."),
-    subset: int | None = typer.Option(None, help="Train on the first N training images only."),
-    test_subset: int | None = typer.Option(None, help="Evaluate on the first N test images only (quick CPU runs)."),
-    max_steps: int | None = typer.Option(None, help="At most this many steps per epoch (quick looks)."),
-    workers: int | None = typer.Option(None, help="Loader threads (default: all cores)."),
-    seed: int = typer.Option(0, help="Seed for init, shuffling and augmentation."),
-    device: str = typer.Option("auto", help="auto (CUDA when present), cpu, cuda, cuda:N."),
-    amp: bool = typer.Option(True, "--amp/--no-amp", help="Mixed precision on CUDA (bf16, else fp16 + GradScaler)."),
-    channels_last: bool | None = typer.Option(None, "--channels-last/--no-channels-last", help="Memory format (default on: faster on CUDA and, measured, on CPU)."),
-    compile: bool = typer.Option(False, "--compile", help="torch.compile the model."),
-    quiet: bool = typer.Option(False, help="No progress bar."),
-) -> None:
-    """Template: the flags `train` and `compare` share (see `with_train_flags`)."""
-
-
-def with_train_flags(*exclude: str) -> Callable[[Callable], Callable]:
-    """Append the shared train flags (less `exclude`) to fn's signature; typer reads __signature__,
-    fn receives them as **flags. One list of flags, so train and compare cannot drift apart."""
-
-    def decorate(fn: Callable) -> Callable:
-        own = [p for p in inspect.signature(fn, eval_str=True).parameters.values() if p.kind is not p.VAR_KEYWORD]
-        shared = [p for p in inspect.signature(_train_flags, eval_str=True).parameters.values()
-                  if p.name not in exclude]
-        fn.__signature__ = inspect.Signature(own + shared, return_annotation=None)
-        fn.__annotations__ = {p.name: p.annotation for p in own + shared}
-        return fn
-
-    return decorate
-
-
-def _train_config(flags: dict) -> TrainConfig:
-    """Flags → a TrainConfig (recipe first, then every explicit flag)."""
-    from common.config import TrainConfig, apply_recipe
-
-    f = flags
-    cfg = apply_recipe(TrainConfig(), f["recipe"])
-    cfg.data.data_dir, cfg.data.subset, cfg.data.workers = str(f["data"]), f["subset"], f["workers"]
-    cfg.data.test_subset = f["test_subset"]
-    o = cfg.optim
-    o.epochs = f["epochs"] if f["epochs"] is not None else o.epochs
-    o.batch_size, o.lr, o.momentum, o.label_smoothing = f["batch_size"], f["lr"], f["momentum"], f["label_smoothing"]
-    o.weight_decay = f["weight_decay"] if f["weight_decay"] is not None else o.weight_decay
-    o.plateau_factor, o.plateau_patience, o.plateau_threshold = f["plateau_factor"], f["plateau_patience"], f["plateau_threshold"]
-    o.max_steps = f["max_steps"]
-    cfg.model.norm, cfg.model.groups = f.get("norm", "layer"), f["groups"]
-    a = cfg.augment
-    for name in ("crop", "pad", "flip", "flip_p", "rotate", "max_angle", "cutout", "cutout_size", "cutout_p"):
-        if f[name] is not None:
-            setattr(a, name, f[name])
-    a.fill = _parse_fill(f["fill"])
-    cfg.run.seed, cfg.run.device, cfg.run.amp = f["seed"], f["device"], f["amp"]
-    cfg.run.channels_last, cfg.run.compile = f["channels_last"], f["compile"]
-    return cfg
+        typer.echo(f"wrote {out}/ {files} ({counts}; {kind} data) + {out}/manifest.json in {result.seconds:.1f} s")
 
 
 @app.command()
@@ -166,22 +78,28 @@ def _train_config(flags: dict) -> TrainConfig:
 @with_train_flags()
 def train(
     run: Path | None = typer.Option(None, "--run", "--run-dir", help="Run directory to create (default runs/<timestamp>-<norm>); spell it --run-dir under torchrun, whose own --run-path makes --run ambiguous."),
-    resume: Path | None = typer.Option(None, help="Continue the run in this directory from its last.pt."),
-    **flags,
+    resume: Path | None = typer.Option(None, help="Continue the run in this directory from its last.pt (with --epochs: a larger budget; how it runs may change: --device, --amp, --compile, --channels-last, --workers, --loader, --data, --tensorboard; nothing else)."),
+    **flags: Any,
 ) -> None:
     """Train ResNet-18 (LayerNorm by default) and write a run directory."""
+    from cli_flags import environment_flags, given_environment, given_recipe_flags, train_config
+    from common.format import duration
     from training.fit import train as run_train
 
-    cfg = _train_config(flags)
+    if resume is not None and run is not None:
+        raise UserError("give either --run (a new run) or --resume (an existing one), not both")
+    if resume is not None and given_recipe_flags(flags):
+        raise UserError(f"{', '.join(given_recipe_flags(flags))} cannot change when resuming (the run keeps its own "
+                        f"settings); only --epochs and {', '.join(environment_flags())} may be given with --resume")
+    cfg = train_config(flags)
     cfg.run.run_dir = str(run) if run is not None else ""
-    epochs = flags["epochs"]
-    result = run_train(cfg, resume=resume, extra_epochs_to=epochs if resume is not None else None,
-                       log=typer.echo, progress=not flags["quiet"])
+    result = run_train(cfg, resume=resume, extra_epochs_to=flags["epochs"] if resume is not None else None,
+                       log=typer.echo, progress=not flags["quiet"],
+                       overrides=given_environment(flags) if resume is not None else None)
     if not result.main:
         return
-    minutes, secs = divmod(result.seconds, 60)
     typer.echo(f"done: best test accuracy {100 * result.best_acc:.2f}% at epoch {result.best_epoch}; "
-               f"{result.epochs_done} epochs in {int(minutes)}m{secs:04.1f}s; run in {result.run.path}")
+               f"{result.epochs_done} epochs in {duration(result.seconds, compact=True)}; run in {result.run.path}")
 
 
 @app.command()
@@ -190,18 +108,23 @@ def train(
 def compare(
     norms: str | None = typer.Option(None, help="Comma-separated normalisations to train, e.g. batch,group,layer (default: those of --runs, else all three)."),
     runs: list[str] = typer.Option([], help="Finished runs to reuse instead of training their norms: repeat the flag or give a comma-separated list."),
-    run: Path | None = typer.Option(None, help="Comparison folder (default runs/compare-<timestamp>); each norm's run is a subfolder. Re-run the same command to resume it."),
-    **flags,
+    run: Path | None = typer.Option(None, "--run", "--run-dir", help="Comparison folder (default runs/compare-<timestamp>); each norm's run is a subfolder. Re-run the same command to resume it. Spell it --run-dir under torchrun."),
+    **flags: Any,
 ) -> None:
     """Normalisation study: one run per norm with identical settings and seed, one overlay figure and table."""
+    from cli_flags import train_config
     from training.compare import compare as run_compare
     from training.compare import parse_norms
 
-    cfg = _train_config(flags)
+    cfg = train_config(flags)
     chosen = parse_norms(norms) if norms is not None else (None if runs else ["batch", "group", "layer"])
     reuse = [Path(p) for value in runs for p in value.split(",") if p]
     result = run_compare(chosen, cfg, run, runs=reuse, log=typer.echo, progress=not flags["quiet"])
-    c = result.comparison
+    if not result.main:  # torchrun ranks other than 0 train but do not write or print
+        return
+    from analysis.comparison import write_comparison
+
+    c = write_comparison(result.folder)
     typer.echo(c.table_md)
     for path in (c.figure, c.md_path, c.json_path):
         typer.echo(f"wrote {path}")
@@ -212,13 +135,19 @@ def compare(
 def summary(
     norm: str = typer.Option("layer", help="layer, group or batch."),
     groups: int = typer.Option(32, help="Groups for --norm group."),
+    shortcut_norm: str = typer.Option("same", help="Norm of the 3 projection shortcuts: same, layer, group, batch."),
+    zero_init: bool = typer.Option(True, "--zero-init/--no-zero-init", help="Zero-init the last norm of each block."),
+    recipe: str | None = typer.Option(None, help="Describe a recipe's model instead (e.g. assignment)."),
 ) -> None:
     """Print the model's per-layer table (output shape, parameters) and totals."""
-    from common.config import ModelConfig
+    from common.config import ModelConfig, TrainConfig, apply_recipe
     from models import build_model
-    from models.summary import summary_table
+    from models.summary import describe_norms, summary_table
 
-    typer.echo(summary_table(build_model(ModelConfig(norm=norm, groups=groups))))
+    model_cfg = (apply_recipe(TrainConfig(), recipe).model if recipe is not None
+                 else ModelConfig(norm=norm, groups=groups, shortcut_norm=shortcut_norm, zero_init=zero_init))
+    typer.echo(describe_norms(model_cfg))
+    typer.echo(summary_table(build_model(model_cfg)))
 
 
 @app.command()
@@ -235,7 +164,7 @@ def explain(
     data: Path | None = typer.Option(None, help="Folder with test.npz (default: the one the run was trained on)."),
 ) -> None:
     """Misclassified test images, Grad-CAM heat maps and their faithfulness scores."""
-    from analysis.commands import explain_command
+    from cli_analysis import explain_command
 
     explain_command(run=run, layer=layer, count=count, pick=pick, seed=seed, target=target,
                     method=method, which=which, data=data)
@@ -250,7 +179,7 @@ def evaluate(
     data: Path | None = typer.Option(None, help="Folder with test.npz (default: the one the run was trained on)."),
 ) -> None:
     """Overall and per-class test accuracy and a confusion matrix."""
-    from analysis.commands import evaluate_command
+    from cli_analysis import evaluate_command
 
     evaluate_command(run=run, which=which, recompute=recompute, data=data)
 
@@ -262,9 +191,54 @@ def report(
     out: Path | None = typer.Option(None, help="HTML file to write (default: RUN/report.html)."),
 ) -> None:
     """One self-contained HTML page: config, data, curves, per-class accuracy, Grad-CAM, throughput."""
-    from analysis.commands import report_command
+    from cli_analysis import report_command
 
     report_command(run=run, out=out)
+
+
+@app.command()
+@user_errors
+def predict(
+    paths: list[str] = typer.Argument(..., metavar="PATH", help="Image files, folders (searched recursively for .png .jpg .jpeg .bmp .webp) or quoted globs ('photos/**/*.jpg')."),
+    run: Path | None = typer.Option(None, help="Run directory (default: the newest run under runs/)."),
+    which: str = typer.Option("best", help="Checkpoint: best or last."),
+    top_k: int = typer.Option(3, help="Classes shown per image, most probable first."),
+    cam: bool = typer.Option(False, "--cam", help="Also write a Grad-CAM figure per image for its predicted class: the original beside one overlay per --layer."),
+    layer: list[int] = typer.Option([], help="With --cam: ResNet stage whose last block is explained, 3 (8×8 map, the default) or 4 (4×4); repeat for both."),
+    out: Path | None = typer.Option(None, help="Folder for the --cam figures (default: RUN/predictions/), one <name>_gradcam.png per image."),
+    json_path: Path | None = typer.Option(None, "--json", help="Also write the top-k per file (and the skipped files) to this JSON file."),
+) -> None:
+    """Classify your own images with a trained run: a table of the top-k classes per file.
+
+    PNG, JPEG, BMP or WebP of any size and mode. Each image is centre-cropped to a square (the
+    shorter side) and resized to 32×32 with Pillow's antialiased BICUBIC (reducing_gap=3); 32×32
+    images are used as they are. Transparency is composited onto white; greyscale, palette and CMYK
+    become RGB; a JPEG's EXIF rotation is applied. Normalisation and class names come from the run's
+    config.json. A file that cannot be read is named and skipped: exit status 1 if any was, 2 if
+    none could be read.
+    """
+    from cli_use import predict_command
+
+    predict_command(paths, run=run, top_k=top_k, cam=cam, layer=layer, out=out, json_path=json_path, which=which)
+
+
+@app.command()
+@user_errors
+def export(
+    format: str = typer.Option(..., "--format", help="torchscript or onnx (opset 18, dynamic batch)."),
+    run: Path | None = typer.Option(None, help="Run directory (default: the newest run under runs/)."),
+    which: str = typer.Option("best", help="Checkpoint: best or last."),
+    out: Path | None = typer.Option(None, help="File to write (default: RUN/export/<which>.onnx or RUN/export/<which>.torchscript.pt)."),
+    data: Path | None = typer.Option(None, help="Folder with test.npz for the parity check (default: the one the run was trained on)."),
+) -> None:
+    """The model with its normalisation built in, as one file: input uint8 RGB NCHW (N, 3, 32, 32), 0-255; output logits.
+
+    The file is checked before it is kept: on up to 256 test images its logits must match PyTorch's
+    within 1e-4 and give the same top-1 class for every image, or nothing is written.
+    """
+    from cli_use import export_command
+
+    export_command(run=run, fmt=format, which=which, out=out, data=data)
 
 
 @bench_app.command("loader")
@@ -274,7 +248,7 @@ def bench_loader_cmd(
     batch_size: int = typer.Option(512, help="Images per batch."),
     epochs: int = typer.Option(2, help="Timed epochs of the FFCV pipelines."),
     tv_limit: int = typer.Option(20_000, help="Images timed through torchvision (it is ~25x slower)."),
-    workers: int | None = typer.Option(None, help="Workers for both loaders (default: all cores)."),
+    workers: int | None = typer.Option(None, help="Workers for both loaders (default: a table for 1 and 2)."),
     json_out: Path | None = typer.Option(None, "--json", help="Also write the figures here."),
 ) -> None:
     """Train pipeline (all augmentations) vs torchvision DataLoader vs no augmentation."""
@@ -292,13 +266,39 @@ def bench_train_cmd(
     steps: int | None = typer.Option(None, help="Timed steps (default 6 on CPU, 50 on CUDA)."),
     device: str = typer.Option("auto", help="auto, cpu or cuda."),
     norm: str = typer.Option("layer", help="layer, group or batch."),
+    precisions: bool = typer.Option(True, "--precisions/--no-precisions", help="Also time fp32 vs bf16 (native only), eager vs torch.compile."),
     json_out: Path | None = typer.Option(None, "--json", help="Also write the figures here."),
 ) -> None:
-    """Train step fed by the loader vs model-only vs a torchvision baseline."""
+    """Train step fed by the loader vs model-only vs a torchvision baseline; fp32/bf16 × eager/compile."""
     from bench.common import report
     from bench.train import bench_train
 
-    report(bench_train(data, batch_size, steps, device=device, norm=norm, log=typer.echo), json_out, typer.echo)
+    report(bench_train(data, batch_size, steps, device=device, norm=norm, precisions=precisions, log=typer.echo),
+           json_out, typer.echo)
+
+
+@bench_app.command("gpu")
+@user_errors
+def bench_gpu_cmd(
+    data: Path = typer.Option(Path("data"), help="Prepared data; a synthetic set is used when absent."),
+    steps: int | None = typer.Option(None, help="Timed steps per configuration (default 50 on CUDA, 3 on CPU)."),
+    epochs: int = typer.Option(2, help="Epochs of the real `train` run."),
+    compile: bool = typer.Option(True, "--compile/--no-compile", help="Also time torch.compile (most of the ~8 min budget on a GPU)."),
+    norms: str = typer.Option("layer,group,batch", help="Norms of the model-only grid."),
+    subset: int | None = typer.Option(None, help="Train images for the real run (quick CPU looks)."),
+    test_subset: int | None = typer.Option(None, help="Test images for the real run."),
+    max_steps: int | None = typer.Option(None, help="Steps per epoch of the real run."),
+    device: str = typer.Option("auto", help="auto, cpu or cuda[:N]."),
+    json_out: Path | None = typer.Option(None, "--json", help="Also write the figures here."),
+) -> None:
+    """One GPU's figures: norm × memory format × eager/compile, loader stall, a 2-epoch run, the race probe."""
+    from bench.common import report
+    from bench.gpu import bench_gpu
+    from training.compare import parse_norms
+
+    report(bench_gpu(data, steps=steps, epochs=epochs, compile=compile, norms=tuple(parse_norms(norms)),
+                     subset=subset, test_subset=test_subset, max_steps=max_steps, device=device, log=typer.echo),
+           json_out, typer.echo)
 
 
 @bench_app.command("prepare")
@@ -325,6 +325,23 @@ def bench_startup_cmd(
     from bench.startup import bench_startup
 
     report(bench_startup(data, log=typer.echo), json_out, typer.echo)
+
+
+@bench_app.command("predict")
+@user_errors
+def bench_predict_cmd(
+    run: Path | None = typer.Option(None, help="Run to predict with (default: an untrained ResNet-18; weights do not change speed)."),
+    data: Path = typer.Option(Path("data"), help="Prepared data whose test images become the PNG files; random pixels when absent."),
+    images: int = typer.Option(1000, help="PNG files in the folder."),
+    baseline: int = typer.Option(100, help="Files timed one image at a time (the slow baseline)."),
+    cli: bool = typer.Option(True, "--cli/--no-cli", help="Also time `python cli.py predict FOLDER` from the shell (start-up and imports included)."),
+    json_out: Path | None = typer.Option(None, "--json", help="Also write the figures here."),
+) -> None:
+    """predict on a folder of PNG files: batched vs one image at a time, and the whole command's wall time."""
+    from bench.common import report
+    from bench.predict import bench_predict
+
+    report(bench_predict(run, data, images, baseline, cli, log=typer.echo), json_out, typer.echo)
 
 
 def main() -> None:

@@ -1,6 +1,7 @@
 """`evaluate`: overall and per-class test accuracy, and where the mistakes go.
 
-Writes <run>/analysis/confusion_matrix.png and <run>/analysis/evaluation.json.
+Writes <run>/analysis/confusion_matrix.png and <run>/analysis/evaluation.json (names:
+analysis/outputs.py).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from analysis.loading import load_model, load_test_set, open_run
+from analysis.outputs import AnalysisFiles
 from analysis.predictions import get_predictions
 from common.atomic import write_json
 
@@ -81,9 +83,9 @@ def evaluate(run_dir: str | Path | None = None, which: str = "best", recompute: 
 
     classes = inputs.classes
     cm = confusion_matrix(pred.labels, pred.preds, len(classes))
-    out_dir = inputs.run.analysis_dir
+    files = AnalysisFiles.of(inputs.run)
     result = EvaluationResult(inputs.run.path, inputs.which, source, classes, cm,
-                              out_dir / "confusion_matrix.png", out_dir / "evaluation.json")
+                              files.confusion_matrix, files.evaluation)
 
     from analysis.figures import plot_confusion_matrix
 

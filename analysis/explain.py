@@ -1,9 +1,9 @@
 """`explain`: show the run's misclassified test images and where the model looked.
 
-Writes into <run>/analysis/:
+Writes into <run>/analysis/ (names: analysis/outputs.py):
   misclassified.png                    the chosen mistakes, 'true → predicted (conf%)' and test index
-  {method}_layer{L}.png                each image beside its CAM overlay (gradcam_layer3.png, ...)
-  {method}_layer{L}_scores.json        per-image and mean faithfulness (ROAD), with what it means
+  {slug}_layer{L}.png                  each image beside its CAM overlay (gradcam_layer3.png, ...)
+  {slug}_layer{L}_scores.json          per-image and mean faithfulness (ROAD), with what it means
 """
 
 from __future__ import annotations
@@ -14,8 +14,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from analysis.faithfulness import BETTER, METRIC_NAME, describe
-from analysis.gradcam import SLOW_METHODS, check_layers, check_method, method_slug
+from analysis.gradcam import SLOW_METHODS, check_layers, check_method
 from analysis.loading import load_model, load_test_set, open_run, to_model_input
+from analysis.outputs import AnalysisFiles
 from analysis.predictions import get_predictions
 from analysis.selection import confidence, select_misclassified
 from common.atomic import write_json
@@ -90,11 +91,12 @@ def explain(run_dir: str | Path | None = None, layers: Sequence[int] = (3,), cou
 
     from analysis.gallery import plot_cam_overlays, plot_misclassified
 
-    out_dir = inputs.run.analysis_dir
+    files = AnalysisFiles.of(inputs.run)
     t = time.perf_counter()
     order = "most confident" if pick == "confident" else f"random, seed {seed}"
     gallery = plot_misclassified(
-        sel_images, indices, sel_labels, sel_preds, sel_conf, classes, out_dir / "misclassified.png",
+        sel_images, indices.tolist(), sel_labels.tolist(), sel_preds.tolist(), sel_conf.tolist(), classes,
+        files.gallery,
         title=f"{len(indices)} of {len(pred.misclassified):,} misclassified test images ({order}) · "
               f"run {inputs.name}, {inputs.which}.pt")
     timings["gallery"] = time.perf_counter() - t
@@ -119,19 +121,19 @@ def explain(run_dir: str | Path | None = None, layers: Sequence[int] = (3,), cou
     timings["faithfulness"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    slug = method_slug(method)
     meta = describe(ROAD_PERCENTILE)
     results = []
     for i, layer in enumerate(layers):
         scores = road[i]
         res = batch.resolutions[i]
         fig_path = plot_cam_overlays(
-            sel_images, batch.cams[:, i], indices, sel_labels, sel_preds, sel_conf, explained,
-            scores.score, classes, out_dir / f"{slug}_layer{layer}.png", score_name="ROAD",
+            sel_images, batch.cams[:, i], indices.tolist(), sel_labels.tolist(), sel_preds.tolist(),
+            sel_conf.tolist(), explained.tolist(), scores.score.tolist(), classes, files.cam_figure(method, layer),
+            score_name="ROAD",
             title=f"{method} at layer{layer}[-1] ({res[0]}×{res[1]} map), for the {target} class · "
                   f"mean ROAD {scores.mean:+.3f} ({BETTER} is better) · run {inputs.name}, {inputs.which}.pt")
         empty = [not m.max() > 0 for m in batch.cams[:, i]]
-        json_path = out_dir / f"{slug}_layer{layer}_scores.json"
+        json_path = files.cam_scores(method, layer)
         write_json(json_path, {
             "run": str(inputs.run.path), "checkpoint": f"{inputs.which}.pt", "method": method,
             "target_layer": f"layer{layer}[-1]", "cam_resolution": list(res), "explained_class": target,
@@ -151,6 +153,12 @@ def explain(run_dir: str | Path | None = None, layers: Sequence[int] = (3,), cou
         results.append(LayerResult(layer, fig_path, json_path, res, [float(s) for s in scores.score],
                                    scores.mean, empty))
     timings["figures"] = time.perf_counter() - t
+    if (inputs.run.path / "tb").is_dir():  # the run logs to TensorBoard: show the figures there too
+        from analysis.tensorboard_images import add_figures
+
+        summary = inputs.run.read_summary()
+        step = (summary.best_epoch if inputs.which == "best" else summary.epochs_done) or 0
+        add_figures(inputs.run.path, [gallery, *(r.figure for r in results)], step=step)
     timings["total"] = time.perf_counter() - t0
 
     return ExplainResult(

@@ -1,67 +1,27 @@
-"""Shared plotting plumbing and the confusion-matrix figure.
+"""Analysis figures: the confusion matrix, the norm comparison and the report's throughput chart.
 
-Figures are built on `matplotlib.figure.Figure` with an explicit Agg canvas, never pyplot: no GUI
-backend is touched, no global figure state leaks between calls, and it works headless.
+The plumbing (new_figure, save_figure, figure_png) and the training-curves figure live in
+common/figures.py, which training may import too; they are re-exported here for analysis code.
+Every builder returns or saves a figure through those helpers, so files and embedded PNGs share
+one encoder setting.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-from common.atomic import atomic_path
+from common.figures import DPI, FONT, curves_figure, figure_png, new_figure, save_figure
 
-DPI = 110
-FONT = 9  # pt; >= 8 keeps titles legible at the saved size
+__all__ = ["DPI", "FONT", "NORM_COLOURS", "NORM_LABELS", "comparison_figure", "curves_figure", "figure_png",
+           "new_figure", "plot_confusion_matrix", "save_figure", "throughput_figure"]
 
-
-def new_figure(width_in: float, height_in: float, layout: str | None = None):
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(width_in, height_in), dpi=DPI, layout=layout)
-    FigureCanvasAgg(fig)
-    return fig
-
-
-def save_figure(fig, path: str | Path) -> Path:
-    """Write a PNG atomically (the temp name ends in .tmp, so the format is given explicitly)."""
-    path = Path(path)
-    with atomic_path(path) as tmp:
-        # zlib level 3: PNG encoding took 0.35 s per 1300x1100 figure at the default 6, for
-        # files only ~10% smaller.
-        fig.savefig(tmp, format="png", dpi=DPI, facecolor="white", pil_kwargs={"compress_level": 3})
-    return path
-
-
-def curves_figure(rows: list[dict[str, float]], title: str = ""):
-    """Train (dashed) vs test (solid) loss and accuracy per epoch, LR drops dotted: the run's
-    curves.png (written by training) and the report's stand-in when that file is missing."""
-    from matplotlib.ticker import MaxNLocator
-
-    fig = new_figure(10, 3.8, layout="constrained")
-    ax_loss, ax_acc = fig.subplots(1, 2)
-    epochs = [r["epoch"] for r in rows]
-    drops = [r["epoch"] for prev, r in zip(rows, rows[1:]) if r["lr"] < prev["lr"] * 0.999]
-    for ax, key, scale, label in ((ax_loss, "loss", 1, "cross-entropy loss"), (ax_acc, "acc", 100, "accuracy (%)")):
-        ax.plot(epochs, [scale * r[f"train_{key}"] for r in rows], "o--", color="tab:blue", label="train")
-        ax.plot(epochs, [scale * r[f"test_{key}"] for r in rows], "o-", color="tab:orange", label="test")
-        for i, e in enumerate(drops):
-            # LR in row e is the LR used during epoch e, so the drop happened before it.
-            ax.axvline(e - 0.5, color="grey", linestyle=":", label="LR drop" if i == 0 else None)
-        ax.set_xlabel("epoch", fontsize=FONT + 1)
-        ax.set_ylabel(label, fontsize=FONT + 1)
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=FONT)
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.tick_params(labelsize=FONT)
-    ax_loss.set_title("Loss", fontsize=FONT + 1)
-    ax_acc.set_title("Accuracy", fontsize=FONT + 1)
-    if title:
-        fig.suptitle(title, fontsize=FONT + 2)
-    return fig
+NORM_LABELS = {"batch": "BatchNorm", "group": "GroupNorm", "layer": "LayerNorm (GroupNorm(1,C))"}
+# Fixed colours so a norm looks the same in every figure (matplotlib's tab10 blue/orange/green).
+NORM_COLOURS = {"batch": "#1f77b4", "group": "#ff7f0e", "layer": "#2ca02c"}
 
 
 def plot_confusion_matrix(matrix: np.ndarray, classes: Sequence[str], path: str | Path,
@@ -99,3 +59,63 @@ def plot_confusion_matrix(matrix: np.ndarray, classes: Sequence[str], path: str 
     cb.set_label("fraction of the true class (row-normalised)", fontsize=FONT)
     cb.ax.tick_params(labelsize=FONT - 1)
     return save_figure(fig, path)
+
+
+def throughput_figure(rows: list[dict[str, float]]) -> Any:
+    """Seconds per epoch and training images per second per epoch (the report's benchmark section)."""
+    from matplotlib.ticker import MaxNLocator
+
+    fig = new_figure(10, 3.0, layout="constrained")
+    ax_s, ax_r = fig.subplots(1, 2)
+    epochs = [r["epoch"] for r in rows]
+    width = 0.6 if len(rows) > 1 else 0.4
+    ax_s.bar(epochs, [r["seconds"] for r in rows], width=width, color="tab:blue")
+    ax_s.set_ylabel("seconds", fontsize=FONT + 1)
+    ax_s.set_title("Wall time per epoch (train + test pass)", fontsize=FONT + 1)
+    ax_r.bar(epochs, [r["img_per_s"] for r in rows], width=width, color="tab:green")
+    ax_r.set_ylabel("training images / s", fontsize=FONT + 1)
+    ax_r.set_title("Training throughput per epoch", fontsize=FONT + 1)
+    for ax in (ax_s, ax_r):
+        ax.set_xlabel("epoch", fontsize=FONT + 1)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.grid(alpha=0.3, axis="y")
+        ax.tick_params(labelsize=FONT)
+        if len(rows) == 1:
+            ax.set_xlim(epochs[0] - 1, epochs[0] + 1)
+    return fig
+
+
+def comparison_figure(series: dict[str, list[dict[str, float]]], title: str) -> Any:
+    """Loss and accuracy against epoch: one colour per norm, train dashed, test solid."""
+    from matplotlib.lines import Line2D
+
+    fig = new_figure(10, 4.2)
+    ax_loss, ax_acc = fig.subplots(1, 2)
+    handles = []
+    for key, rows in series.items():
+        colour = NORM_COLOURS.get(key)
+        epochs = [r["epoch"] for r in rows]
+        # Markers (hollow = train, filled = test) keep a 1-epoch comparison readable: no lines then.
+        marker = "o" if len(rows) < 12 else None
+        for ax, metric, scale in ((ax_loss, "loss", 1.0), (ax_acc, "acc", 100.0)):
+            ax.plot(epochs, [scale * r[f"train_{metric}"] for r in rows], "--", color=colour, marker=marker,
+                    markersize=5, markerfacecolor="white")
+            ax.plot(epochs, [scale * r[f"test_{metric}"] for r in rows], "-", color=colour, marker=marker,
+                    markersize=5)
+        handles.append(Line2D([], [], color=colour, lw=2, label=NORM_LABELS.get(key, key)))
+    handles += [Line2D([], [], color="0.3", ls="--", marker="o", markerfacecolor="white", label="train"),
+                Line2D([], [], color="0.3", marker="o", label="test")]
+    last = int(max((r["epoch"] for rows in series.values() for r in rows), default=1))
+    ax_loss.set(xlabel="epoch", ylabel="cross-entropy loss", title="loss")
+    ax_acc.set(xlabel="epoch", ylabel="accuracy (%)", title="accuracy")
+    for ax in (ax_loss, ax_acc):
+        ax.grid(alpha=0.3)
+        ax.set_xlim(0.5, last + 0.5)
+        if last <= 20:
+            ax.set_xticks(range(1, last + 1))
+        else:
+            ax.xaxis.get_major_locator().set_params(integer=True)
+    fig.suptitle(title, fontsize=10)
+    fig.legend(handles=handles, loc="lower center", ncol=len(handles), fontsize=8, frameon=False)
+    fig.tight_layout(rect=(0, 0.07, 1, 1))
+    return fig

@@ -1,8 +1,10 @@
-"""Small HTML building blocks for `report`: escaping, tables, embedded PNGs, the page shell.
+"""HTML building blocks for `report`: escaping, elements, tables, embedded PNGs, the page shell.
 
-Every piece of text goes through `esc`; only `Raw` strings (HTML built here) pass through as they
-are. Images are embedded as data: URIs and the page carries its own CSS, so the file opens
-offline; a Content-Security-Policy forbids the browser from loading anything that is not inline.
+This is the only module that writes markup. Every piece of text and every attribute value goes
+through `esc`; only `Raw` strings (HTML built here) pass through as they are, so page code composes
+these helpers and never writes a tag itself (tests/test_structure.py checks that). Images are
+embedded as data: URIs and the page carries its own CSS, so the file opens offline; a
+Content-Security-Policy forbids the browser from loading anything that is not inline.
 """
 
 from __future__ import annotations
@@ -10,10 +12,11 @@ from __future__ import annotations
 import base64
 import html
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+STATUSES = ("finished", "running", "interrupted", "diverged", "failed")  # the ones the CSS colours
 
 
 class Raw(str):
@@ -26,14 +29,42 @@ def esc(value: Any) -> str:
     return html.escape(str(value), quote=True)
 
 
-def join(parts: Iterable[str]) -> Raw:
+def join(parts: Iterable[Any]) -> Raw:
+    """Several pieces side by side, each escaped unless Raw."""
     return Raw("".join(esc(p) for p in parts))
 
 
-def tag(name: str, content: Any = "", cls: str | None = None, **attrs: Any) -> Raw:
-    attrs = {"class": cls, **attrs}
-    rendered = "".join(f' {k.rstrip("_").replace("_", "-")}="{esc(v)}"' for k, v in attrs.items() if v is not None)
-    return Raw(f"<{name}{rendered}>{esc(content)}</{name}>")
+def attributes(cls: str | None = None, **attrs: Any) -> str:
+    """' class="…" name="…"' with every value escaped and quoted; None leaves an attribute out.
+    A trailing underscore allows Python keywords (for_=…); other underscores become hyphens."""
+    pairs = {"class": cls, **attrs}
+    return "".join(f' {k.rstrip("_").replace("_", "-")}="{esc(v)}"' for k, v in pairs.items() if v is not None)
+
+
+def tag(name: str, *children: Any, cls: str | None = None, **attrs: Any) -> Raw:
+    """<name …>children</name>; each child is escaped unless it is Raw."""
+    return Raw(f"<{name}{attributes(cls, **attrs)}>{join(children)}</{name}>")
+
+
+def void(name: str, cls: str | None = None, **attrs: Any) -> Raw:
+    """An element without content or end tag (img, meta)."""
+    return Raw(f"<{name}{attributes(cls, **attrs)}>")
+
+
+def div(*children: Any, cls: str | None = None) -> Raw:
+    return tag("div", *children, cls=cls)
+
+
+def paragraph(*children: Any, cls: str | None = None) -> Raw:
+    return tag("p", *children, cls=cls)
+
+
+def heading(level: int, *children: Any) -> Raw:
+    return tag(f"h{level}", *children)
+
+
+def link(text: Any, href: str) -> Raw:
+    return tag("a", text, href=href)
 
 
 def code(text: Any) -> Raw:
@@ -42,7 +73,29 @@ def code(text: Any) -> Raw:
 
 def note(text: Any) -> Raw:
     """A highlighted remark: something missing, or how to get it."""
-    return tag("p", text, cls="note")
+    return paragraph(text, cls="note")
+
+
+def muted(*children: Any) -> Raw:
+    """A quieter explanatory line."""
+    return paragraph(*children, cls="muted")
+
+
+def status_badge(status: str) -> Raw:
+    """A run's status as a coloured pill (colours in CSS; an unknown word is grey)."""
+    known = status if status in STATUSES else "unknown"
+    return tag("span", status, cls=f"status status-{known}")
+
+
+def signed(x: float) -> Raw:
+    """A score with its sign, green above zero and red below (±0.0005 counts as zero)."""
+    cls = "pos" if x > 0.0005 else "neg" if x < -0.0005 else None
+    return tag("span", f"{x + 0.0:+.3f}", cls=cls)
+
+
+def image_count(page_text: str) -> int:
+    """How many images a page written by `page` embeds."""
+    return page_text.count("<img ")
 
 
 def png_uri(data: bytes) -> str:
@@ -53,10 +106,9 @@ def figure(data: bytes, alt: str, caption: Any = None, cls: str | None = None) -
     """A PNG embedded in the page (data: URI), scaled down to the column width on small screens."""
     if not data.startswith(PNG_SIGNATURE):
         raise ValueError(f"not a PNG image: {alt}")
-    img = f'<img src="{png_uri(data)}" alt="{esc(alt)}" loading="eager">'
-    cap = f"<figcaption>{esc(caption)}</figcaption>" if caption else ""
-    cls_attr = f' class="{esc(cls)}"' if cls else ""
-    return Raw(f"<figure{cls_attr}>{img}{cap}</figure>")
+    img = void("img", src=png_uri(data), alt=alt, loading="eager")
+    cap = tag("figcaption", caption) if caption else ""
+    return tag("figure", img, cap, cls=cls)
 
 
 def table(header: Sequence[Any], rows: Iterable[Sequence[Any]], num: Iterable[int] = (),
@@ -64,22 +116,24 @@ def table(header: Sequence[Any], rows: Iterable[Sequence[Any]], num: Iterable[in
           caption: Any = None) -> Raw:
     """A plain table; columns listed in `num` are right-aligned with tabular digits."""
     num = set(num)
-    head = "".join(f'<th{" class=num" if i in num else ""}>{esc(h)}</th>' for i, h in enumerate(header))
+
+    def cells(name: str, values: Sequence[Any]) -> Raw:
+        return join(tag(name, v, cls="num" if i in num else None) for i, v in enumerate(values))
+
     body = []
     for r, row in enumerate(rows):
         rc = row_classes[r] if row_classes is not None and r < len(row_classes) else None
-        cells = "".join(f'<td{" class=num" if i in num else ""}>{esc(c)}</td>' for i, c in enumerate(row))
-        body.append(f'<tr{f" class={rc}" if rc else ""}>{cells}</tr>')
-    cap = f"<caption>{esc(caption)}</caption>" if caption else ""
-    return Raw(f'<div class="scroll"><table{f" class={cls}" if cls else ""}>{cap}<thead><tr>{head}</tr></thead>'
-               f'<tbody>{"".join(body)}</tbody></table></div>')
+        body.append(tag("tr", cells("td", row), cls=rc or None))
+    cap = tag("caption", caption) if caption else ""
+    return div(tag("table", cap, tag("thead", tag("tr", cells("th", header))), tag("tbody", join(body)), cls=cls),
+               cls="scroll")
 
 
 def key_values(pairs: Iterable[tuple[Any, Any]], caption: Any = None) -> Raw:
     """Two-column table: name, value (values may be Raw HTML)."""
-    rows = "".join(f"<tr><th scope=row>{esc(k)}</th><td>{esc(v)}</td></tr>" for k, v in pairs)
-    cap = f"<caption>{esc(caption)}</caption>" if caption else ""
-    return Raw(f'<div class="scroll"><table class="kv">{cap}<tbody>{rows}</tbody></table></div>')
+    rows = join(tag("tr", tag("th", k, scope="row"), tag("td", v)) for k, v in pairs)
+    cap = tag("caption", caption) if caption else ""
+    return div(tag("table", cap, tag("tbody", rows), cls="kv"), cls="scroll")
 
 
 def bar(fraction: float | None) -> Raw:
@@ -87,14 +141,27 @@ def bar(fraction: float | None) -> Raw:
     if fraction is None:
         return Raw("")
     width = max(0.0, min(1.0, float(fraction))) * 100
-    return Raw(f'<span class="bar" aria-hidden="true"><span style="width:{width:.1f}%"></span></span>')
+    return tag("span", tag("span", style=f"width:{width:.1f}%"), cls="bar", aria_hidden="true")
 
 
 @dataclass
 class Section:
     id: str
     title: str
-    body: str
+    body: Raw  # built with these helpers; anything else would be escaped on the page
+
+
+@dataclass
+class Document:
+    """What a page shows: the header (title, heading, subtitle, key facts) and its sections, plus
+    the notes on what could not be shown (the caller prints them)."""
+
+    title: str
+    heading: str
+    subtitle: str
+    facts: list[tuple[Any, Any]]
+    sections: list[Section]
+    notes: list[str] = field(default_factory=list)
 
 
 CSS = """
@@ -177,13 +244,13 @@ window.addEventListener("load", function () {
 CSP = "default-src 'none'; img-src data:; style-src 'unsafe-inline'; script-src 'unsafe-inline'"
 
 
-def page(title: str, heading: Any, subtitle: Any, facts: Sequence[tuple[Any, Any]],
-         sections: Sequence[Section], footer: Any) -> str:
+def page(doc: Document, footer: Any) -> str:
     """The whole document: header with key facts, a table of contents, the sections, a footer."""
-    fact_html = "".join(f'<div class="fact"><b>{esc(v)}</b><span>{esc(k)}</span></div>' for k, v in facts)
-    toc = "".join(f'<li><a href="#{esc(s.id)}">{esc(s.title)}</a></li>' for s in sections)
-    body = "\n".join(f'<section id="{esc(s.id)}">\n<h2>{esc(s.title)}</h2>\n{s.body}\n</section>'
-                     for s in sections)
+    fact_html = join(div(tag("b", v), tag("span", k), cls="fact") for k, v in doc.facts)
+    toc = join(tag("li", link(s.title, f"#{s.id}")) for s in doc.sections)
+    body = "\n".join(f'<section id="{esc(s.id)}">\n<h2>{esc(s.title)}</h2>\n{esc(s.body)}\n</section>'
+                     for s in doc.sections)
+    title, heading, subtitle = doc.title, doc.heading, doc.subtitle
     return f"""<!DOCTYPE html>
 <html lang="en">
 <head>

@@ -113,4 +113,6 @@ def to_model_input(images: np.ndarray, mean: np.ndarray, std: np.ndarray,
 
 def load_model(inputs: RunInputs):
     """The run's model in eval mode on the CPU (raises UserError for missing/mismatched weights)."""
-    return inputs.run.load_model(inputs.which)
+    from models.loading import load_run_model
+
+    return load_run_model(inputs.run, inputs.which)

@@ -22,11 +22,15 @@ from models import build_model
 from training.device import DeviceSetup, resolve_device
 
 
-def _steps_rate(batches: Iterable, setup: DeviceSetup, warmup: int, steps: int, norm: str) -> float:
+def _steps_rate(batches: Iterable, setup: DeviceSetup, warmup: int, steps: int, norm: str,
+                compile: bool = False) -> float:
+    """img/s of full train steps (forward, backward, SGD) after `warmup` untimed ones (which also
+    absorb torch.compile's compilation when `compile`)."""
     torch.manual_seed(0)
     model = build_model(ModelConfig(norm=norm)).to(setup.device)
     if setup.channels_last:
         model = model.to(memory_format=torch.channels_last)
+    step_model = torch.compile(model) if compile else model
     opt = torch.optim.SGD(model.parameters(), lr=0.03, momentum=0.9, weight_decay=5e-4)
     scaler = torch.amp.GradScaler(setup.device.type, enabled=setup.use_scaler)
     model.train()
@@ -41,7 +45,7 @@ def _steps_rate(batches: Iterable, setup: DeviceSetup, warmup: int, steps: int, 
         x, y = x.to(setup.device, non_blocking=True), y.to(setup.device, non_blocking=True)
         x = x.contiguous(memory_format=torch.channels_last if setup.channels_last else torch.contiguous_format)
         with setup.autocast():
-            loss = F.cross_entropy(model(x), y)
+            loss = F.cross_entropy(step_model(x), y)
         opt.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
         scaler.step(opt)
@@ -65,8 +69,8 @@ def _synthetic(batch_size: int, device: torch.device) -> Iterable:
 
 
 def bench_train(data_dir: str | Path = "data", batch_size: int = 128, steps: int | None = None,
-                warmup: int = 2, device: str = "auto", norm: str = "layer",
-                log: Callable[[str], None] = print) -> dict[str, Any]:
+                warmup: int = 2, device: str = "auto", norm: str = "layer", precisions: bool = True,
+                epoch_images: int = 50_000, log: Callable[[str], None] = print) -> dict[str, Any]:
     from bench.common import data_or_synthetic, machine, train_images
     from pipeline.loader import make_loader
 
@@ -106,7 +110,42 @@ def bench_train(data_dir: str | Path = "data", batch_size: int = 128, steps: int
     rate_c = _steps_rate(_repeat(tv), plain, warmup, steps, norm)
     log(f"(c) baseline: torchvision DataLoader, NCHW fp32: {rate_c:>9,.1f} img/s")
     log(f"a/b = {rate_a / rate_b:.2f} (loader overhead {100 * (1 - rate_a / rate_b):.0f}%),  a/c = {rate_a / rate_c:.2f}x")
+    precision = _precision_grid(setup, batch_size, warmup, steps, norm, epoch_images, log) if precisions else []
     return {"benchmark": "train", "device": setup.describe(), "data": what, "batch_size": batch_size,
             "steps": steps, "loader_img_s": rate_a, "model_only_img_s": rate_b,
             "model_only_other_format_img_s": rate_b_other, "other_format": fmt, "baseline_img_s": rate_c,
-            "ratio": rate_a / rate_b, "ratio_vs_baseline": rate_a / rate_c, "machine": machine()}
+            "ratio": rate_a / rate_b, "ratio_vs_baseline": rate_a / rate_c, "precision_grid": precision,
+            "machine": machine()}
+
+
+def _precision_grid(setup: DeviceSetup, batch_size: int, warmup: int, steps: int, norm: str, epoch_images: int,
+                    log: Callable[[str], None]) -> list[dict[str, Any]]:
+    """Model-only steps in fp32 and bf16 (where the device has it natively), eager and compiled,
+    in one run. Compiling costs its first steps; `epoch_s` adds that cost to one epoch of
+    `epoch_images` at the steady rate, which is what decides whether --compile pays for itself."""
+    from training.device import cpu_has_native_bf16
+
+    dtypes: list[torch.dtype | None] = [None]
+    if setup.device.type == "cuda" or cpu_has_native_bf16():
+        dtypes.append(torch.bfloat16)
+    rows: list[dict[str, Any]] = []
+    log(f"(d) precision and compile, model only, {steps} steps after {warmup + 2} warm-up:")
+    for dtype in dtypes:
+        for compiled in (False, True):
+            variant = DeviceSetup(setup.device, dtype, setup.channels_last, False)
+            t0 = time.perf_counter()
+            rate = _steps_rate(_synthetic(batch_size, setup.device), variant, warmup + 2, steps, norm, compile=compiled)
+            total = time.perf_counter() - t0
+            first_steps = max(0.0, total - steps * batch_size / rate)  # warm-up wall time, compile included
+            epoch_s = first_steps + epoch_images / rate
+            precision = "fp32" if dtype is None else "bf16"
+            rows.append({"precision": precision, "compile": compiled, "img_s": rate, "warmup_s": first_steps,
+                         "epoch_s": epoch_s})
+            log(f"    {precision:<5} {'compiled' if compiled else 'eager':<9} {rate:>8,.1f} img/s  "
+                f"warm-up {first_steps:6.1f} s  one epoch of {epoch_images:,} ≈ {epoch_s / 60:5.1f} min")
+    base = float(rows[0]["img_s"])
+    for row in rows[1:]:
+        row["speedup"] = float(row["img_s"]) / base
+    log("    speed-up vs fp32 eager: " + ", ".join(f"{r['precision']} {'compiled' if r['compile'] else 'eager'} "
+                                                 f"{r['speedup']:.2f}x" for r in rows[1:]))
+    return rows

@@ -8,12 +8,15 @@ reading a config is instant.
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
 from common.errors import UserError
 
 NORMS = ("layer", "group", "batch")
+BORDERS = ("constant", "reflect")
+LOADERS = ("ffcv", "torch", "auto")
 
 
 @dataclass
@@ -32,6 +35,10 @@ class AugmentConfig:
     # RGB value (0-255) used for padding, rotation corners and cutout. None = the train set's
     # mean pixel, which normalises to zero and so carries no signal.
     fill: tuple[int, int, int] | None = None
+    # What pad+crop and rotation see outside the image: "constant" (`fill`) or "reflect"
+    # (reflect-101, OpenCV's BORDER_REFLECT_101: albumentations' default, the original assignment's).
+    # Cutout always paints `fill`.
+    border: str = "constant"
 
     def validate(self) -> None:
         if not 0 <= self.pad <= 16:
@@ -44,6 +51,8 @@ class AugmentConfig:
             raise UserError(f"--max-angle must be between 0 and 180 degrees, got {self.max_angle}")
         if not 1 <= self.cutout_size <= 32:
             raise UserError(f"--cutout-size must be between 1 and 32, got {self.cutout_size}")
+        if self.border not in BORDERS:
+            raise UserError(f"--border must be one of {', '.join(BORDERS)}, got {self.border!r}")
         if self.fill is not None and (len(self.fill) != 3 or not all(0 <= v <= 255 for v in self.fill)):
             raise UserError(f"--fill must be three values in 0-255 (R,G,B), got {self.fill}")
 
@@ -60,10 +69,18 @@ class AugmentConfig:
 class ModelConfig:
     norm: str = "layer"
     groups: int = 32  # only for norm="group"
+    # Norm of the 3 projection shortcuts: "same" as the main path, or one of NORMS. The original
+    # assignment used BatchNorm there (its GroupNorm(1, C) model was LayerNorm on the main path only).
+    shortcut_norm: str = "same"
+    # Zero-init the last norm's scale in each residual block (Goyal et al. 2017, timm's zero_init_last).
+    zero_init: bool = True
+    num_classes: int = 10  # set from the prepared data's class list (an image folder may have any number)
 
     def validate(self) -> None:
         if self.norm not in NORMS:
             raise UserError(f"unknown norm {self.norm!r}; choose one of {', '.join(NORMS)}")
+        if self.shortcut_norm not in ("same", *NORMS):
+            raise UserError(f"unknown --shortcut-norm {self.shortcut_norm!r}; choose same, {', '.join(NORMS)}")
         if self.norm == "group":
             for width in (64, 128, 256, 512):
                 if self.groups < 1 or width % self.groups:
@@ -83,6 +100,11 @@ class OptimConfig:
     plateau_patience: int = 2
     plateau_threshold: float = 0.001
     max_steps: int | None = None  # per epoch; for quick looks on a CPU
+    # Linear warm-up over the first N steps of the run (training/parts.py: warmup_factor).
+    warmup_steps: int = 0
+    # torchrun with K processes: lr × K (Goyal et al.'s linear rule), so K× fewer, K× larger
+    # steps per epoch keep the single-process dynamics; pair it with --warmup-steps.
+    scale_lr: bool = False
 
     def validate(self) -> None:
         if self.epochs < 1:
@@ -99,6 +121,8 @@ class OptimConfig:
             raise UserError(f"--plateau-factor must be in (0, 1), got {self.plateau_factor}")
         if self.plateau_patience < 0:
             raise UserError(f"--plateau-patience must be >= 0, got {self.plateau_patience}")
+        if self.warmup_steps < 0:
+            raise UserError(f"--warmup-steps must be >= 0, got {self.warmup_steps}")
 
 
 @dataclass
@@ -106,13 +130,18 @@ class DataConfig:
     data_dir: str = "data"
     subset: int | None = None  # first N training images
     test_subset: int | None = None  # first N test images (a full test pass costs ~4 min on 2 CPU cores)
-    workers: int | None = None  # FFCV numba threads; None = all cores
+    workers: int | None = None  # FFCV numba threads; None = the cores this process may use
+    # Data path: "ffcv" (numba threads on the host), "torch" (tensor ops on the training device,
+    # needs no FFCV), "auto" (pipeline/loader_choice.py: FFCV where it imports and betons exist).
+    loader: str = "auto"
 
     def validate(self) -> None:
         if self.subset is not None and self.subset < 1:
             raise UserError(f"--subset must be at least 1, got {self.subset}")
         if self.test_subset is not None and self.test_subset < 1:
             raise UserError(f"--test-subset must be at least 1, got {self.test_subset}")
+        if self.loader not in LOADERS:
+            raise UserError(f"--loader must be one of {', '.join(LOADERS)}, got {self.loader!r}")
         if self.workers is not None and self.workers < 1:
             raise UserError(f"--workers must be at least 1, got {self.workers}")
 
@@ -122,9 +151,10 @@ class RunConfig:
     run_dir: str = ""
     seed: int = 0
     device: str = "auto"
-    amp: bool = True  # CUDA only
+    amp: bool | None = None  # None = the device's default: bf16/fp16 autocast on CUDA, fp32 on CPU
     channels_last: bool | None = None  # None = best measured default for the device
     compile: bool = False
+    tensorboard: bool = True  # event files under RUN/tb/ (metrics.csv stays the source of truth)
 
 
 @dataclass
@@ -137,6 +167,11 @@ class TrainConfig:
     recipe: str = "default"
 
     def validate(self) -> TrainConfig:
+        for section in (self.data, self.augment, self.model, self.optim, self.run):
+            for f in dataclasses.fields(section):
+                value = getattr(section, f.name)
+                if isinstance(value, float) and not math.isfinite(value):
+                    raise UserError(f"--{f.name.replace('_', '-')} must be a finite number, got {value}")
         self.data.validate()
         self.augment.validate()
         self.model.validate()
@@ -166,11 +201,24 @@ class TrainConfig:
         )
 
 
+RECIPES = ("default", "assignment")
+
+# (section, field) a resumed run may change: how it runs, not what it learns. The data folder may
+# move (resume checks its sha256s against the run's record).
+ENVIRONMENT = (("run", "device"), ("run", "compile"), ("run", "amp"), ("run", "channels_last"), ("run", "tensorboard"),
+               ("data", "workers"), ("data", "data_dir"), ("data", "loader"))
+
+
 def apply_recipe(cfg: TrainConfig, recipe: str) -> TrainConfig:
-    """Named presets. `assignment` is the original course assignment, exactly."""
+    """Named presets. `assignment` is the original course assignment, exactly: its model
+    (LayerNorm main path, BatchNorm projection shortcuts, no zero-init) and its albumentations
+    augmentation (reflect-101 borders, no flip), SGD 0.03 / momentum 0.9 / no weight decay."""
     if recipe == "default":
         return cfg
     if recipe == "assignment":
+        cfg.model.shortcut_norm = "batch"
+        cfg.model.zero_init = False
+        cfg.augment.border = "reflect"
         cfg.optim.weight_decay = 0.0
         cfg.augment.flip = False
         cfg.augment.crop = True

@@ -4,6 +4,18 @@ from __future__ import annotations
 
 from torch import nn
 
+from common.config import ModelConfig
+
+
+def describe_norms(cfg: ModelConfig) -> str:
+    """One line naming where each norm sits: the table alone shows class names, and a GroupNorm
+    row does not say whether it is LayerNorm (1 group)."""
+    names = {"layer": "LayerNorm (GroupNorm(1, C))", "group": f"GroupNorm({cfg.groups}, C)", "batch": "BatchNorm2d"}
+    shortcut = cfg.norm if cfg.shortcut_norm == "same" else cfg.shortcut_norm
+    init = "zero-init last norm per block" if cfg.zero_init else "no zero-init"
+    return (f"ResNet-18: {names[cfg.norm]} on the stem and main path, {names[shortcut]} on the 3 projection "
+            f"shortcuts; {init}")
+
 
 def summary_table(model: nn.Module, input_size: tuple[int, ...] = (1, 3, 32, 32)) -> str:
     from torchinfo import summary

@@ -51,12 +51,20 @@ class Split:
     labels: np.ndarray  # (N,) int64
 
 
+SOURCE_KIND = "cifar10-python"
+
+
 @dataclass
 class CifarData:
+    """Validated train/test arrays from any source `prepare` reads (the name predates the image
+    folder source, which fills the same fields)."""
+
     train: Split
     test: Split
     source: str
     official: bool
+    kind: str = SOURCE_KIND  # "cifar10-python" or "image-folder" (pipeline.image_folder.SOURCE_KIND)
+    classes: tuple[str, ...] = CLASSES  # label i is classes[i]
 
 
 class _NumpyOnlyUnpickler(pickle.Unpickler):
@@ -66,7 +74,7 @@ class _NumpyOnlyUnpickler(pickle.Unpickler):
         ("numpy._core.multiarray", "scalar"), ("_codecs", "encode"),
     }
 
-    def find_class(self, module: str, name: str):  # type: ignore[override]
+    def find_class(self, module: str, name: str):
         if (module, name) in self._ALLOWED:
             return super().find_class(module, name)
         raise pickle.UnpicklingError(f"forbidden global {module}.{name}")

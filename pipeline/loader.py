@@ -9,6 +9,7 @@ batch at once and turns it off for images; labels are always copied).
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -122,6 +123,33 @@ def _open_reader_checked(path: Path) -> None:
                         f"of {n} images); rebuild it with `python cli.py prepare --out {path.parent} --force`")
 
 
+def available_cpus() -> int:
+    """Cores this process may run on (affinity, cgroup cpusets and SLURM included); FFCV's own
+    default, multiprocessing.cpu_count(), counts every core of the machine."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def device_stage(device: torch.device) -> list[Any]:
+    """The host→GPU copy at the end of a pipeline (nothing on CPU).
+
+    `non_blocking=False` on purpose. FFCV builds batch k+4 into the pinned host buffer that batch k
+    was copied from, and only makes its *stream* (not the CPU) wait for the GPU work of batch k: a
+    non-blocking copy of batch k still queued behind GPU work would then read the next batch's
+    pixels (FFCV issue #37: garbage batches with non_blocking). A blocking copy returns only when
+    the bytes are on the GPU, so the buffer is free when FFCV reuses it. It runs in FFCV's worker
+    thread, overlapping the model's step on the main thread; `bench gpu`'s race probe checks
+    every label against the loader's order while the GPU is kept busy.
+    """
+    if device.type != "cuda":
+        return []
+    from ffcv.transforms import ToDevice
+
+    return [ToDevice(device, non_blocking=False)]
+
+
 def make_loader(data_dir: str | Path, split: str, batch_size: int, aug: AugmentConfig | None = None,
                 seed: int = 0, device: str | torch.device = "cpu", workers: int | None = None,
                 subset: int | None = None, shuffle: bool | None = None, drop_last: bool | None = None,
@@ -135,7 +163,7 @@ def make_loader(data_dir: str | Path, split: str, batch_size: int, aug: AugmentC
     from ffcv.fields.basics import IntDecoder
     from ffcv.fields.rgb_image import SimpleRGBImageDecoder
     from ffcv.loader import Loader, OrderOption
-    from ffcv.transforms import Squeeze, ToDevice, ToTensor, ToTorchImage
+    from ffcv.transforms import Squeeze, ToTensor, ToTorchImage
 
     from pipeline.ops import AugmentNormalize
 
@@ -165,12 +193,14 @@ def make_loader(data_dir: str | Path, split: str, batch_size: int, aug: AugmentC
     on_cuda = device.type == "cuda"
     op = AugmentNormalize(aug, mean, std, seed=seed, normalize=not on_cuda)
     image_pipe: list[Any] = [SimpleRGBImageDecoder(), op, ToTensor()]
-    label_pipe: list[Any] = [IntDecoder(), ToTensor(), Squeeze()]
-    if on_cuda:
-        image_pipe.append(ToDevice(device, non_blocking=True))
-        label_pipe.append(ToDevice(device, non_blocking=True))
+    # Squeeze(1), not Squeeze(): with no dimension a batch of ONE label becomes a 0-d tensor, which
+    # cross_entropy rejects on CPU and FFCV's ToDevice raises on in its worker thread, leaving a
+    # CUDA run waiting forever (a rank's test share of 501 = 500 + 1 did it).
+    label_pipe: list[Any] = [IntDecoder(), ToTensor(), Squeeze(1)]
+    image_pipe += device_stage(device)
+    label_pipe += device_stage(device)
     image_pipe.append(ToTorchImage(channels_last=True))
-    loader = Loader(str(path), batch_size=batch_size, num_workers=workers or -1,
+    loader = Loader(str(path), batch_size=batch_size, num_workers=workers or available_cpus(),
                     order=OrderOption.RANDOM if shuffle else OrderOption.SEQUENTIAL,
                     seed=seed, indices=indices, drop_last=drop_last, distributed=distributed,
                     pipelines={"image": image_pipe, "label": label_pipe}, os_cache=True)

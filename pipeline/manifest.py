@@ -1,11 +1,17 @@
-"""`manifest.json`: what `prepare` wrote, and the facts the loader and runs depend on.
+"""`manifest.json`: what `prepare` wrote, and the facts the loaders and runs depend on.
 
-The loader normalises with the train mean/std recorded here, and every run copies the betons'
-sha256 into its config, so a run can tell when the data under it has changed.
+The loaders normalise with the train mean/std recorded here, and every run copies the data files'
+sha256 (`split_digests`) into its config, so a run can tell when the data under it has changed.
+
+Two copies of each split may exist: FFCV betons (`train.beton`, `test.beton`; written only where
+FFCV imports, listed under "betons") and plain numpy arrays (`train.npz`, `test.npz`; always
+written, under each split's "arrays"), which the torch loader and the analysis read without FFCV.
+A manifest from before the arrays existed (no "betons" key) has both betons and only test.npz.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 from pathlib import Path
@@ -17,12 +23,48 @@ from common.errors import UserError
 
 MANIFEST = "manifest.json"
 TEST_ARRAYS = "test.npz"  # test images (N, 32, 32, 3) uint8 + labels, for analysis
+TRAIN_ARRAYS = "train.npz"  # the same for the train split, for the torch loader
 SPLITS = ("train", "test")
+ARRAYS = {"train": TRAIN_ARRAYS, "test": TEST_ARRAYS}
 FORMAT_VERSION = 1
 
 
 def beton_path(data_dir: str | Path, split: str) -> Path:
     return Path(data_dir) / f"{split}.beton"
+
+
+def arrays_path(data_dir: str | Path, split: str) -> Path:
+    return Path(data_dir) / ARRAYS[split]
+
+
+def recorded_betons(manifest: dict[str, Any]) -> list[str]:
+    """Splits whose beton prepare wrote (all of them for manifests older than the "betons" key)."""
+    betons = manifest.get("betons", list(SPLITS))
+    return [s for s in SPLITS if isinstance(betons, list) and s in betons]
+
+
+def has_betons(manifest: dict[str, Any]) -> bool:
+    return recorded_betons(manifest) == list(SPLITS)
+
+
+def split_digests(manifest: dict[str, Any]) -> dict[str, str]:
+    """The sha256 a run records per split: the beton's where betons were written (as runs have
+    always recorded), else the arrays'. Data prepared once with and once without FFCV from one
+    source therefore gets different digests: a run resumed across that change is refused."""
+    if has_betons(manifest):
+        return {s: manifest["splits"][s]["sha256"] for s in SPLITS}
+    return {s: manifest["splits"][s]["arrays"]["sha256"] for s in SPLITS}
+
+
+@functools.lru_cache(maxsize=1)
+def ffcv_missing() -> str | None:
+    """None when FFCV imports, else why not (one clause). Importing it costs ~6 s once.
+    Lives here, beside `has_betons`, so callers that only ask need neither numba nor torch."""
+    try:
+        import ffcv  # noqa: F401
+    except (ImportError, OSError) as exc:  # OSError: a shared library it links is missing
+        return f"{type(exc).__name__}: {' '.join(str(exc).split())[:100]}"
+    return None
 
 
 def file_digest(path: str | Path, algorithm: str = "sha256") -> str:
@@ -45,7 +87,9 @@ def read_manifest(data_dir: str | Path) -> dict[str, Any]:
                         f"`python cli.py prepare --out {data_dir}` first")
     try:
         manifest = json.loads(path.read_text())
-        _ = manifest["splits"]["train"]["sha256"], manifest["train_mean"], manifest["train_std"]
+        _ = manifest["splits"]["train"]["count"], manifest["splits"]["test"]["count"]
+        _ = manifest["train_mean"], manifest["train_std"]
+        _ = split_digests(manifest)
     except (ValueError, KeyError, TypeError):
         raise UserError(f"{path} is not a valid manifest; run `python cli.py prepare --out "
                         f"{data_dir} --force` to rebuild the data") from None
@@ -53,7 +97,7 @@ def read_manifest(data_dir: str | Path) -> dict[str, Any]:
         raise UserError(f"{data_dir}/ was prepared by another version of this toolkit (data format "
                         f"{manifest.get('format_version')!r}, this version reads {FORMAT_VERSION}); rebuild it "
                         f"with `python cli.py prepare --out {data_dir} --force`")
-    for split in SPLITS:
+    for split in recorded_betons(manifest):
         if not beton_path(data_dir, split).is_file():
             raise UserError(f"{beton_path(data_dir, split)} is missing; run `python cli.py prepare "
                             f"--out {data_dir} --force` to rebuild the data")
@@ -61,14 +105,51 @@ def read_manifest(data_dir: str | Path) -> dict[str, Any]:
 
 
 def verify_betons(data_dir: str | Path, manifest: dict[str, Any]) -> list[str]:
-    """Return the splits whose beton no longer matches the manifest (size, then sha256)."""
+    """Return the splits whose beton no longer matches the manifest (size, then sha256); a
+    manifest that records no betons (prepared without FFCV) has none to check."""
     bad = []
-    for split in SPLITS:
+    for split in recorded_betons(manifest):
         path = beton_path(data_dir, split)
         info = manifest["splits"][split]
         if not path.is_file() or path.stat().st_size != info.get("bytes") or sha256_file(path) != info["sha256"]:
             bad.append(split)
     return bad
+
+
+def verify_arrays(data_dir: str | Path, manifest: dict[str, Any],
+                  splits: tuple[str, ...] = SPLITS) -> list[str]:
+    """Return the splits whose .npz is missing, unrecorded, or differs from the manifest (size,
+    then sha256: ~0.2 s for the 150 MB train.npz on the dev box)."""
+    bad = []
+    for split in splits:
+        path = arrays_path(data_dir, split)
+        info = manifest["splits"][split].get("arrays")
+        if not isinstance(info, dict) or not path.is_file() or path.stat().st_size != info.get("bytes") \
+                or sha256_file(path) != info.get("sha256"):
+            bad.append(split)
+    return bad
+
+
+def read_arrays(data_dir: str | Path, split: str, manifest: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
+    """One split's images (N, 32, 32, 3) uint8 and int64 labels, checked against the manifest."""
+    path = arrays_path(data_dir, split)
+    rebuild = f"rebuild it with `python cli.py prepare --out {data_dir} --force`"
+    if not isinstance(manifest["splits"][split].get("arrays"), dict):
+        raise UserError(f"{data_dir}/ was prepared before {ARRAYS[split]} existed (the torch loader reads it); "
+                        f"{rebuild}")
+    if verify_arrays(data_dir, manifest, (split,)):
+        what = "missing" if not path.is_file() else "not the file prepare wrote (size or sha256 differs)"
+        raise UserError(f"{path} is {what}; {rebuild}")
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            images, labels = z["images"], z["labels"]
+    except (ValueError, KeyError, OSError):
+        raise UserError(f"{path} is damaged; {rebuild}") from None
+    count = manifest["splits"][split]["count"]
+    if images.dtype != np.uint8 or images.shape != (count, 32, 32, 3) or labels.shape != (count,):
+        raise UserError(f"{path} holds images {images.shape} {images.dtype} and {labels.shape[0]} labels, "
+                        f"not the {count} 32x32x3 uint8 images the manifest records; {rebuild}")
+    return images, labels.astype(np.int64)
 
 
 def read_test_arrays(data_dir: str | Path) -> tuple[np.ndarray, np.ndarray]:

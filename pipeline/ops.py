@@ -36,7 +36,15 @@ def _as_pointer(typingctx, address):
     return sig, codegen
 
 
-def kernel_params(aug: AugmentConfig, normalize: bool) -> np.ndarray:
+def kernel_params(aug: AugmentConfig, normalize: bool, border: str | None = None) -> np.ndarray:
+    """The kernel's float64 parameter vector (indices `kernels.P_*`).
+
+    `border` ("constant" or "reflect", see kernels' docstring) defaults to `aug.border`, read with
+    getattr so a config without that field means "constant".
+    """
+    border = border if border is not None else getattr(aug, "border", "constant")
+    if border not in kernels.BORDER_CODES:
+        raise ValueError(f"border must be one of {', '.join(kernels.BORDER_CODES)}, got {border!r}")
     params = np.zeros(kernels.N_PARAMS, dtype=np.float64)
     params[kernels.P_PAD] = aug.pad if aug.crop else 0
     params[kernels.P_FLIP_P] = aug.flip_p if aug.flip else 0.0
@@ -44,6 +52,7 @@ def kernel_params(aug: AugmentConfig, normalize: bool) -> np.ndarray:
     params[kernels.P_CUTOUT_P] = aug.cutout_p if aug.cutout else 0.0
     params[kernels.P_CUTOUT_SIZE] = aug.cutout_size
     params[kernels.P_NORMALIZE] = 1.0 if normalize else 0.0
+    params[kernels.P_BORDER] = kernels.BORDER_CODES[border]
     return params
 
 
@@ -52,12 +61,13 @@ class AugmentNormalize(Operation):
 
     With every augmentation off it is a plain normalise (the test pipeline). `normalize=False`
     keeps uint8 output, for CUDA, where 4× smaller host→device copies win and the GPU normalises.
+    `border` overrides `aug.border` ("constant": `fill` outside the image; "reflect": reflect-101).
     """
 
     def __init__(self, aug: AugmentConfig, mean: Sequence[float], std: Sequence[float],
-                 seed: int = 0, normalize: bool = True):
+                 seed: int = 0, normalize: bool = True, border: str | None = None):
         super().__init__()
-        self.params = kernel_params(aug, normalize)
+        self.params = kernel_params(aug, normalize, border)
         fill = aug.fill if aug.fill is not None else tuple(mean)
         self.fill = np.asarray(fill, dtype=np.float64)
         self.mean = np.asarray(mean, dtype=np.float64)
@@ -74,10 +84,11 @@ class AugmentNormalize(Operation):
         kernel = kernels.augment_batch
 
         def augment_normalize(images, dst, indices):
-            seed_epoch = numba.carray(_as_pointer(address), 2, np.int64)
+            # typingctx is the compiler's argument to an @intrinsic, not the caller's
+            seed_epoch = numba.carray(_as_pointer(address), 2, np.int64)  # type: ignore[call-arg]
             return kernel(images, dst, indices, seed_epoch[0], seed_epoch[1], params, fill, mean, inv_std)
 
-        augment_normalize.with_indices = True
+        augment_normalize.with_indices = True  # type: ignore[attr-defined]  # FFCV reads this flag
         return augment_normalize
 
     def declare_state_and_memory(self, previous_state: State) -> tuple[State, AllocationQuery | None]:

@@ -1,7 +1,12 @@
-"""`prepare`: CIFAR-10 source → validated arrays → train/test .beton + manifest.json.
+"""`prepare`: source → validated arrays → train/test .beton + .npz + manifest.json.
+
+Sources: CIFAR-10 in the python-pickle layout (pipeline/cifar_source.py) or an image folder with
+train/<class>/ and test/<class>/ (pipeline/image_folder.py). The betons are written only where
+FFCV imports; the .npz arrays (what the torch loader and the analysis read) always are, so data can
+be prepared, and trained on with `--loader torch`, without FFCV.
 
 Measured on the 2-core dev box with the shared 170 MB archive: reading + unpickling ≈ 2.5 s,
-FFCV's writer ≈ 1.5-2 s per 50k raw images (it forks one process per core). Each beton is written
+FFCV's writer ≈ 1.5-2 s per 50k raw images (it forks one process per core). Each file is written
 to a temp file and renamed, so an interrupted prepare never leaves a file under its final name.
 """
 
@@ -21,16 +26,22 @@ import numpy as np
 
 from common.atomic import atomic_group
 from common.errors import UserError
-from pipeline import cifar_source
-from pipeline.cifar_source import CLASSES, CifarData, Split
+from common.lock import FolderLock
+from pipeline import cifar_source, image_folder
+from pipeline.cifar_source import CifarData, Split
 from pipeline.manifest import (
+    ARRAYS,
     FORMAT_VERSION,
     MANIFEST,
     SPLITS,
     TEST_ARRAYS,
+    arrays_path,
     beton_path,
+    ffcv_missing,
+    has_betons,
     read_manifest,
     sha256_file,
+    verify_arrays,
     verify_betons,
 )
 
@@ -99,12 +110,10 @@ def _existing_is_valid(out_dir: Path, request: dict[str, Any]) -> dict[str, Any]
         manifest = read_manifest(out_dir)
     except UserError:
         return None
-    if verify_betons(out_dir, manifest):
+    if verify_betons(out_dir, manifest) or verify_arrays(out_dir, manifest):
         return None
-    arrays = out_dir / TEST_ARRAYS
-    recorded = manifest.get("test_arrays")
-    if not arrays.is_file() or not isinstance(recorded, dict) or sha256_file(arrays) != recorded.get("sha256"):
-        return None
+    if not has_betons(manifest) and ffcv_missing() is None:
+        return None  # prepared without FFCV, which imports now: add the betons
     wanted = request.get("source")
     if wanted is not None and str(Path(wanted).expanduser().resolve()) != manifest.get("source"):
         raise UserError(f"{out_dir}/ already holds data prepared from {manifest.get('source')}; pass "
@@ -117,7 +126,7 @@ def _existing_is_valid(out_dir: Path, request: dict[str, Any]) -> dict[str, Any]
 
 def _remove_stale_temps(out_dir: Path) -> None:
     # Left by a prepare that was SIGKILLed mid-write; never under a final name.
-    for final in [beton_path(out_dir, s).name for s in SPLITS] + [TEST_ARRAYS, MANIFEST]:
+    for final in [beton_path(out_dir, s).name for s in SPLITS] + [*ARRAYS.values(), MANIFEST]:
         for tmp in out_dir.glob(f".{final}.*.tmp"):
             tmp.unlink(missing_ok=True)
 
@@ -143,67 +152,104 @@ def prepare(source: str | None, out_dir: str | Path = "data", limit: int | None 
     if limit is not None and limit < 1:
         raise UserError(f"--limit must be at least 1, got {limit}")
     if source is not None and not Path(source).expanduser().exists():
-        raise UserError(f"source {source} does not exist; pass an existing .tar.gz or "
-                        "cifar-10-batches-py/ folder, or omit --source to download")
+        raise UserError(f"source {source} does not exist; pass an existing .tar.gz, "
+                        "cifar-10-batches-py/ folder or image folder (train/<class>/, test/<class>/), "
+                        "or omit --source to download")
     if not force:
         existing = _existing_is_valid(out_dir, {"limit": limit, "source": source})
         if existing is not None:
             return PrepareResult(out_dir, existing, True, time.perf_counter() - start)
 
     _make_out_dir(out_dir)  # fail on an unusable --out before the slow read
+    # One writer per data folder: two prepares racing on one --out would interleave their renames.
+    with FolderLock(out_dir, "prepare"):
+        manifest = _read_and_write(source, out_dir, limit, check_counts, log)
+    return PrepareResult(out_dir, manifest, False, time.perf_counter() - start)
+
+
+def _read_and_write(source: str | None, out_dir: Path, limit: int | None, check_counts: bool,
+                    log: Callable[[str], None]) -> dict[str, Any]:
     if source is None:
         log(f"downloading {cifar_source.URL}")
         archive = cifar_source.download(out_dir)
         data = cifar_source.read_cifar10(archive)
+    elif image_folder.is_image_folder(source):
+        # The 50,000 / 10,000 counts are CIFAR-10's; an image folder has its own.
+        data = image_folder.read_image_folder(source, limit)
     else:
         data = cifar_source.read_cifar10(source, check_counts=check_counts)
-    if not data.official:
+    if data.kind == cifar_source.SOURCE_KIND and not data.official:
         log(f"notice: {data.source} is valid CIFAR-10 but not the official release "
             "(md5 differs); using it as given")
     if limit is not None:
         data = CifarData(Split(data.train.images[:limit], data.train.labels[:limit]),
                          Split(data.test.images[:limit], data.test.labels[:limit]),
-                         data.source, data.official)
+                         data.source, data.official, data.kind, data.classes)
+    missing = ffcv_missing()
+    if missing is not None:
+        log(f"notice: FFCV does not import ({missing}); writing {', '.join(ARRAYS.values())} and {MANIFEST} "
+            "without betons: train with --loader torch (or install FFCV and prepare again)")
 
-    manifest = write_prepared(data, out_dir, limit)
-    return PrepareResult(out_dir, manifest, False, time.perf_counter() - start)
+    return write_prepared(data, out_dir, limit, betons=missing is None)
 
 
-def write_prepared(data: CifarData, out_dir: Path, limit: int | None = None) -> dict[str, Any]:
-    """Write validated arrays as betons + test arrays + manifest; returns the manifest.
+def write_prepared(data: CifarData, out_dir: Path, limit: int | None = None,
+                   betons: bool | None = None) -> dict[str, Any]:
+    """Write validated arrays as betons (when `betons`, default: where FFCV imports) + .npz
+    arrays + manifest; returns the manifest.
 
-    All four files are written under temp names first and swapped in together (manifest last),
-    so an interrupted or failed prepare leaves whatever was there before untouched.
+    All files are written under temp names first and swapped in together (manifest last), so an
+    interrupted or failed prepare leaves whatever was there before untouched; a folder re-prepared
+    without FFCV loses its old betons once the new manifest (which lists none) is in place.
     """
+    if betons is None:
+        betons = ffcv_missing() is None
     _make_out_dir(out_dir)
     _remove_stale_temps(out_dir)
     mean, std = channel_stats(data.train.images)
+    classes = list(data.classes)
     manifest: dict[str, Any] = {
         "format_version": FORMAT_VERSION,
         "source": data.source,
+        "source_kind": data.kind,
         "official": data.official,
         "limit": limit,
-        "classes": list(CLASSES),
+        "classes": classes,
         "image_shape": [32, 32, 3],
         "train_mean": mean,
         "train_std": std,
+        "betons": list(SPLITS) if betons else [],
         "splits": {},
     }
-    finals = [beton_path(out_dir, s) for s in SPLITS] + [out_dir / TEST_ARRAYS, out_dir / MANIFEST]
+    if data.kind == image_folder.SOURCE_KIND:
+        manifest["image_method"] = image_folder.METHOD
+    beton_finals = [beton_path(out_dir, s) for s in SPLITS] if betons else []
+    finals = beton_finals + [arrays_path(out_dir, s) for s in SPLITS] + [out_dir / MANIFEST]
     with atomic_group(finals) as temps:
-        for name, tmp in zip(SPLITS, temps):
+        beton_temps = dict(zip(SPLITS, temps[:len(beton_finals)]))
+        array_temps = dict(zip(SPLITS, temps[len(beton_finals):len(beton_finals) + 2]))
+        for name in SPLITS:
             split: Split = getattr(data, name)
-            write_beton(tmp, split, desc=f"{name}.beton")
-            manifest["splits"][name] = {
+            info: dict[str, Any] = {
                 "count": int(len(split.labels)),
-                "per_class": np.bincount(split.labels, minlength=10).tolist(),
-                "sha256": sha256_file(tmp),
-                "bytes": tmp.stat().st_size,
+                "per_class": np.bincount(split.labels, minlength=len(classes)).tolist(),
             }
-        # A plain-numpy copy of the test split (30 MB) lets analysis show and re-score test
-        # images without importing FFCV (≈6 s) or parsing the beton.
-        with open(temps[2], "wb") as fh:
-            np.savez(fh, images=data.test.images, labels=data.test.labels)
-        manifest["test_arrays"] = {"file": TEST_ARRAYS, "sha256": sha256_file(temps[2])}
-        temps[3].write_text(json.dumps(manifest, indent=2) + "\n")
+            if betons:
+                tmp = beton_temps[name]
+                write_beton(tmp, split, desc=f"{name}.beton")
+                info.update(sha256=sha256_file(tmp), bytes=tmp.stat().st_size)
+            # Plain-numpy copies (uncompressed: 150 MB for CIFAR-10's train split) let the torch
+            # loader train and the analysis show and re-score images without FFCV (≈6 s to import).
+            tmp = array_temps[name]
+            with open(tmp, "wb") as fh:
+                np.savez(fh, images=split.images, labels=split.labels)
+            info["arrays"] = {"file": ARRAYS[name], "sha256": sha256_file(tmp), "bytes": tmp.stat().st_size}
+            manifest["splits"][name] = info
+        manifest["test_arrays"] = {"file": TEST_ARRAYS, "sha256": manifest["splits"]["test"]["arrays"]["sha256"]}
+        temps[-1].write_text(json.dumps(manifest, indent=2) + "\n")
+    if not betons:
+        # Betons of an earlier prepare: the new manifest lists none, so nothing reads them; they
+        # go only after it is in place (a failed swap keeps the old set whole).
+        for path in beton_finals or [beton_path(out_dir, s) for s in SPLITS]:
+            path.unlink(missing_ok=True)
     return manifest

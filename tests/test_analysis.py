@@ -26,7 +26,9 @@ from analysis.predictions import predict_probs
 from analysis.selection import confidence, select_misclassified
 from common.config import TrainConfig
 from common.errors import UserError
+from common.records import DataRecord
 from common.rundir import Predictions, RunDir
+from models.loading import load_run_model
 from pipeline.cifar_source import CLASSES
 
 N_TEST = 60
@@ -108,13 +110,14 @@ def make_run(path: Path, data_dir: Path, *, norm: str = "layer", weights_norm: s
     cfg.data.test_subset = test_subset
     run.write_config({
         "train": cfg.to_dict(),
-        "data": {"data_dir": str(data_dir), "train_mean": MEAN, "train_std": STD,
-                 "classes": list(CLASSES), "sha256": {}},
+        "data": DataRecord(data_dir=str(data_dir), source="synthetic", official=False, train_mean=MEAN,
+                           train_std=STD, classes=list(CLASSES), sha256={}).to_dict(),
         "versions": {},
     })
     for which in checkpoints:
         run.save_checkpoint(which, {"model": model_state(weights_norm or norm), "epoch": 1})
     if probs is not None:
+        assert labels is not None, "probs need their labels"
         for which in checkpoints:
             run.write_predictions(which, labels, probs)
     return run
@@ -256,7 +259,7 @@ def test_explain_recomputes_missing_predictions(tmp_path, data_dir, test_arrays)
     assert result.which == "last" and result.predictions_source == "recomputed"
     saved = run.read_predictions("last")
     assert saved is not None, "recomputed predictions should be saved for next time"
-    model = run.load_model("last")
+    model = load_run_model(run, "last")
     probs = predict_probs(model, test_arrays[0], np.array(MEAN, np.float32), np.array(STD, np.float32))
     np.testing.assert_allclose(saved.probs, probs, atol=1e-5)
     np.testing.assert_array_equal(saved.labels, test_arrays[1])
@@ -354,7 +357,7 @@ def test_evaluate_recompute(run, test_arrays):
     before = run.predictions_path("best").read_bytes()
     result = evaluate(run.path, recompute=True)
     assert result.source == "recomputed"
-    model = run.load_model("best")
+    model = load_run_model(run, "best")
     probs = predict_probs(model, test_arrays[0], np.array(MEAN, np.float32), np.array(STD, np.float32))
     np.testing.assert_array_equal(result.confusion, confusion_matrix(test_arrays[1], probs.argmax(1), 10))
     assert result.confusion.sum() == N_TEST
@@ -444,9 +447,9 @@ def test_cam_peak_lies_on_the_patch(patch_model):
         assert (patch_model(x).argmax(1).numpy() == labels).mean() >= 0.9, "synthetic model did not learn"
 
     layers = [target_block(patch_model, 3), target_block(patch_model, 4)]
-    batch = compute_cams(patch_model, layers, x, labels, "gradcam")
+    batch = compute_cams(patch_model, layers, x, labels.tolist(), "gradcam")
     assert batch.cams.shape == (48, 2, 32, 32) and batch.resolutions == [(8, 8), (4, 4)]
-    for i, (h, w) in enumerate(batch.resolutions):
+    for i, (h, _w) in enumerate(batch.resolutions):
         cell = 32 // h
         hits = 0
         for cam, (r, c) in zip(batch.cams[:, i], corners):
@@ -461,7 +464,7 @@ def test_cam_peak_lies_on_the_patch(patch_model):
     # map moved off the patch (rolled by half the image) must score clearly worse.
     cam3 = batch.cams[:, 0]
     moved = np.roll(cam3, (16, 16), axis=(1, 2))
-    real, fake = road_scores(patch_model, x, [cam3, moved], labels, logits=batch.logits)
+    real, fake = road_scores(patch_model, x, [cam3, moved], labels.tolist(), logits=batch.logits)
     assert real.mean > 0.25, real.score
     assert real.mean > fake.mean + 0.2, (real.mean, fake.mean)
     assert np.all(real.prob_morf <= real.prob + 1e-6)

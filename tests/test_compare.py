@@ -26,7 +26,9 @@ def base_config(data_dir: Path, epochs: int = 2) -> TrainConfig:
 def run_compare(norms, cfg, folder, **kw):
     from training.compare import compare
 
-    return compare(norms, cfg, folder, progress=False, **kw)
+    result = compare(norms, cfg, folder, progress=False, **kw)
+    result.comparison = write_comparison(result.folder)  # what the CLI does after training
+    return result
 
 
 @pytest.fixture(scope="module")
@@ -67,7 +69,7 @@ def test_figure_and_table_come_from_the_runs_metrics(compared):
         assert row["final_test_acc"] == pytest.approx(accs[-1])
         assert row["epochs_done"] == 2
         # the timing columns are the run's own records, not recomputed
-        assert row["wall_seconds"] == pytest.approx(RunDir(result.folder / norm).read_summary()["wall_seconds"])
+        assert row["wall_seconds"] == pytest.approx(RunDir(result.folder / norm).read_summary().wall_seconds)
         assert row["img_per_s"] == pytest.approx(sum(m["img_per_s"] for m in metrics) / len(metrics))
         assert f"| {norm} | {100 * max(accs):.2f}% |" in c.table_md
     assert "best test acc" in c.md_path.read_text()
@@ -76,10 +78,13 @@ def test_figure_and_table_come_from_the_runs_metrics(compared):
 def test_an_interrupted_compare_resumes_only_the_unfinished_runs(prepared_dir, tmp_path):
     folder = tmp_path / "study"
 
+    in_layer = False
+
     def interrupt_layer_after_epoch_1(message: str) -> None:
+        nonlocal in_layer
         if "(layer norm)" in message:
-            interrupt_layer_after_epoch_1.in_layer = True
-        if getattr(interrupt_layer_after_epoch_1, "in_layer", False) and message.startswith("epoch   1/"):
+            in_layer = True
+        if in_layer and message.startswith("epoch   1/"):
             raise KeyboardInterrupt  # Ctrl-C while the second run trains
 
     with pytest.raises(UserError, match="interrupted"):

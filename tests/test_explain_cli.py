@@ -1,22 +1,21 @@
 """The `explain` / `evaluate` command functions that cli.py registers: output and bad input.
 
-cli.py only parses flags and calls `analysis.commands`; its `user_errors` decorator turns a
+cli.py only parses flags and calls `cli_analysis`; its `user_errors` decorator turns a
 UserError into one red line and exit 2, so here bad input must surface as a UserError with a
 message that says what to change.
 """
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from analysis.commands import evaluate_command, explain_command
+from cli_analysis import evaluate_command, explain_command
 from common.errors import UserError
 from pipeline.cifar_source import CLASSES
 from tests.test_analysis import fake_probs, make_run, write_test_arrays
+from tests.test_structure import assert_stays_clear_of_ffcv_and_training
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -72,20 +71,9 @@ def test_commands_bad_run(tmp_path):
         evaluate_command(tmp_path, echo=lambda m: None)
 
 
-def assert_stays_clear_of_ffcv_and_training(imports: str, call: str) -> None:
-    """Run `call` in a fresh interpreter and fail if FFCV or training/ got imported (~6 s of
-    `import ffcv` that analysis must never pay)."""
-    script = "\n".join(["import sys", f"sys.path.insert(0, {str(ROOT)!r})", imports, call,
-                         "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('ffcv', 'training'))",
-                         "assert not bad, bad", "print('ok')"])
-    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    assert proc.stdout.strip() == "ok"
-
-
 def test_commands_never_import_ffcv_or_training(run_dir):
     assert_stays_clear_of_ffcv_and_training(
-        "from analysis.commands import evaluate_command\n"
+        "from cli_analysis import evaluate_command\n"
         "import analysis.explain, analysis.gallery, analysis.gradcam, analysis.faithfulness",
         f"evaluate_command({str(run_dir)!r}, echo=lambda m: None)")
 

@@ -8,6 +8,7 @@ comparisons use uint8 output (normalize off); the kernel rounds to nearest.
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import numba
 import numpy as np
@@ -79,7 +80,7 @@ def find_index(params, pred, seed=SEED, epoch=EPOCH, limit=100_000):
 
 def params_for(**kw) -> np.ndarray:
     """AugmentConfig with everything off except what kw turns on."""
-    base = dict(crop=False, flip=False, rotate=False, cutout=False)
+    base: dict[str, Any] = dict(crop=False, flip=False, rotate=False, cutout=False)
     base.update(kw)
     return kernel_params(AugmentConfig(**base), False)
 
@@ -311,6 +312,40 @@ def test_all_ops_with_noise_images_and_pinned_index():
     assert diff(out, to_uint8(alt)).mean() > 10
 
 
+@pytest.mark.parametrize("max_angle", [30.0, 180.0])
+def test_large_angles_equal_composition_of_references(max_angle):
+    """Taps several pixels outside the window (the kernel's margin grows with max_angle)."""
+    aug = AugmentConfig(max_angle=max_angle)
+    params = kernel_params(aug, False)
+    n = 48
+    src = smooth_images(n, seed=15)
+    out, d = augment_range(src, params, start=2000)
+    assert np.abs(d["angle"]).max() > 0.8 * max_angle
+    for k in range(n):
+        p = kernels.draw_params(SEED, EPOCH, 2000 + k, params)
+        ref = to_uint8(compose_ref(src[k], p, aug.pad, aug.cutout_size))
+        assert diff(out[k], ref).max() <= 1, (k, p)
+
+
+def test_buffers_are_fully_rewritten():
+    """Every output pixel is written on every call (cutout squares are skipped by the warp and
+    painted afterwards): a dirty, reused destination gives the same result as a fresh one."""
+    params = kernel_params(AugmentConfig(cutout_p=0.7), False)
+    src = images(24, seed=16)
+    idx = np.arange(24) + 40
+    fresh = run_kernel(src, idx, params)
+    for dtype in (np.uint8, np.float32):
+        p = params.copy()
+        p[kernels.P_NORMALIZE] = 1.0 if dtype == np.float32 else 0.0
+        clean = np.zeros(src.shape, dtype)
+        dirty = np.full(src.shape, 77, dtype)
+        args = (idx, SEED, EPOCH, p, FILL, MEAN, 1.0 / STD)
+        kernels.augment_batch(src, clean, *args)
+        kernels.augment_batch(src, dirty, *args)
+        np.testing.assert_array_equal(clean, dirty)
+    np.testing.assert_array_equal(run_kernel(src, idx, params), fresh)
+
+
 # ------------------------------------------------------------------------------------ normalise
 
 def test_normalise_without_augmentation():
@@ -458,7 +493,7 @@ def test_output_independent_of_thread_count():
         numba.set_num_threads(1)
         u1 = run_kernel(src, idx, params)
         f1 = run_kernel(src, idx, params, out=np.float32)
-        numba.set_num_threads(min(2, numba.config.NUMBA_NUM_THREADS))
+        numba.set_num_threads(min(2, numba.config.NUMBA_NUM_THREADS))  # type: ignore[attr-defined]  # set at import
         u2 = run_kernel(src, idx, params)
         f2 = run_kernel(src, idx, params, out=np.float32)
     finally:

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from common.config import ModelConfig, OptimConfig
 from common.errors import UserError
 from models import ResNet18, build_model, count_parameters
-from training.fit import build_optimizer, build_scheduler
+from training.parts import build_optimizer, build_scheduler
 
 
 @pytest.mark.parametrize("norm", ["layer", "group", "batch"])
@@ -52,7 +52,7 @@ def test_output_shapes_and_feature_maps(norm):
 def test_a_few_steps_lower_the_loss():
     torch.manual_seed(0)
     model = ResNet18("layer")
-    opt = build_optimizer(model, OptimConfig())
+    opt = build_optimizer(model, OptimConfig(), torch.device("cpu"))
     x, y = torch.randn(32, 3, 32, 32), torch.randint(0, 10, (32,))
     losses = []
     for _ in range(6):
@@ -76,7 +76,7 @@ def test_overfits_256_images():
     y = torch.arange(256) % 10
     x = templates[y] + torch.randn(256, 3, 32, 32, generator=g)
     model = ResNet18("layer")
-    opt = build_optimizer(model, OptimConfig(lr=0.03, weight_decay=0.0))
+    opt = build_optimizer(model, OptimConfig(lr=0.03, weight_decay=0.0), torch.device("cpu"))
     acc, step = 0.0, 0
     for step in range(1, 101):
         idx = torch.randint(0, 256, (32,), generator=g)
@@ -97,7 +97,7 @@ def test_overfits_256_images():
 def test_scheduler_drops_lr_after_patience_epochs_without_improvement():
     model = torch.nn.Linear(2, 2)
     cfg = OptimConfig()  # factor 0.1, patience 2, threshold 1e-3 (relative)
-    opt = build_optimizer(model, cfg)
+    opt = build_optimizer(model, cfg, torch.device("cpu"))
     sched = build_scheduler(opt, cfg)
     lrs = []
     # improves, then three epochs that improve by less than the 0.1% threshold

@@ -31,9 +31,9 @@ from tests import synth
 from tests.conftest import N_TEST, N_TRAIN, SHARED_ARCHIVE, needs_shared
 
 ROOT = Path(__file__).resolve().parents[1]
-# prepare may also write a plain-numpy copy of the test split (pipeline.manifest.TEST_ARRAYS).
-TEST_ARRAYS = getattr(manifest_mod, "TEST_ARRAYS", None)
-FINAL_NAMES = ("train.beton", "test.beton", "manifest.json") + ((TEST_ARRAYS,) if TEST_ARRAYS else ())
+# prepare also writes plain-numpy copies of both splits (pipeline.manifest.ARRAYS).
+TEST_ARRAYS = manifest_mod.TEST_ARRAYS
+FINAL_NAMES = ("train.beton", "test.beton", "manifest.json", "train.npz", "test.npz")
 QUIET = {"log": lambda m: None}
 
 
@@ -178,11 +178,14 @@ def _check_roundtrip(out: Path, splits) -> None:
         assert images.shape == want_images.shape
         assert np.array_equal(labels, want_labels), name
         assert np.array_equal(images, want_images), name  # bit-for-bit, same order
-    if TEST_ARRAYS:
-        images, labels = manifest_mod.read_test_arrays(out)
-        assert images.dtype == np.uint8
-        assert np.array_equal(images, splits["test"][0])
-        assert np.array_equal(labels, splits["test"][1])
+    images, labels = manifest_mod.read_test_arrays(out)
+    assert images.dtype == np.uint8
+    assert np.array_equal(images, splits["test"][0])
+    assert np.array_equal(labels, splits["test"][1])
+    manifest = manifest_mod.read_manifest(out)
+    for name in ("train", "test"):
+        images, labels = manifest_mod.read_arrays(out, name, manifest)
+        assert np.array_equal(images, splits[name][0]) and np.array_equal(labels, splits[name][1]), name
 
 
 def test_roundtrip_from_archive(prepared_dir, synth_splits):
@@ -238,6 +241,13 @@ def test_manifest_contents(prepared_dir, synth_splits, synth_archive):
         assert sum(info["per_class"]) == n
         assert info["sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
         assert info["bytes"] == path.stat().st_size
+        arrays = prepared_dir / f"{name}.npz"
+        assert info["arrays"] == {"file": f"{name}.npz", "bytes": arrays.stat().st_size,
+                                  "sha256": hashlib.sha256(arrays.read_bytes()).hexdigest()}
+    assert m["source_kind"] == "cifar10-python"
+    assert m["betons"] == ["train", "test"]
+    assert m["test_arrays"]["sha256"] == m["splits"]["test"]["arrays"]["sha256"]
+    assert manifest_mod.split_digests(m) == {s: m["splits"][s]["sha256"] for s in ("train", "test")}
     pixels = synth_splits["train"][0].reshape(-1, 3).astype(np.float64)
     np.testing.assert_allclose(m["train_mean"], pixels.mean(axis=0), rtol=0, atol=1e-6)
     np.testing.assert_allclose(m["train_std"], pixels.std(axis=0), rtol=0, atol=1e-6)
@@ -307,6 +317,35 @@ def test_damaged_beton_is_rebuilt(tmp_path, synth_archive, synth_splits):
         last = fh.read(1)
         fh.seek(-1, os.SEEK_END)
         fh.write(bytes([last[0] ^ 0xFF]))
+    result = prepare(str(synth_archive), out, check_counts=False, **QUIET)
+    assert not result.skipped
+    _check_roundtrip(out, synth_splits)
+
+
+@pytest.mark.parametrize("damage", ["train.npz", "test.npz", "legacy_manifest"])
+def test_damaged_or_missing_arrays_are_rebuilt(tmp_path, synth_archive, synth_splits, damage):
+    """A changed .npz, or a folder prepared before train.npz existed (its manifest lacks the
+    per-split "arrays" records), is rewritten by a plain prepare: no --force needed."""
+    out = tmp_path / "out"
+    prepare(str(synth_archive), out, check_counts=False, **QUIET)
+    if damage == "legacy_manifest":
+        m = json.loads((out / "manifest.json").read_text())
+        for info in m["splits"].values():
+            del info["arrays"]
+        del m["betons"], m["source_kind"]
+        (out / "manifest.json").write_text(json.dumps(m))
+        (out / "train.npz").unlink()
+        assert manifest_mod.has_betons(m)  # read as a manifest with both betons
+        with pytest.raises(UserError, match="prepared before train.npz existed.*--force"):
+            manifest_mod.read_arrays(out, "train", m)
+    else:
+        with open(out / damage, "r+b") as fh:
+            fh.seek(-1, os.SEEK_END)
+            last = fh.read(1)
+            fh.seek(-1, os.SEEK_END)
+            fh.write(bytes([last[0] ^ 0xFF]))
+        with pytest.raises(UserError, match=f"{damage} is not the file prepare wrote.*--force"):
+            manifest_mod.read_arrays(out, damage.split(".")[0], manifest_mod.read_manifest(out))
     result = prepare(str(synth_archive), out, check_counts=False, **QUIET)
     assert not result.skipped
     _check_roundtrip(out, synth_splits)
@@ -676,6 +715,7 @@ def test_interrupted_forced_write_is_never_mistaken_for_valid(monkeypatch, synth
     ".train.beton.abc123.tmp",
     ".test.beton.x_9.tmp",
     ".test.npz.abc123.tmp",
+    ".train.npz.abc123.tmp",
     ".manifest.json.abc123.tmp",
 ])
 def test_stale_temp_files_are_removed(tmp_path, synth_archive, stale):

@@ -23,6 +23,7 @@ import torch
 
 from common.errors import UserError
 from common.rundir import RunDir
+from models.loading import load_run_model
 from tests.test_train import TIMING, assert_one_clear_error, cli, run_train, tiny_config
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -83,7 +84,7 @@ def reference(tmp_path_factory, prepared_dir) -> Path:
 def test_sigint_sigterm_save_the_current_state_and_resume_exactly(sig, reference, prepared_dir, tmp_path):
     run = tmp_path / "run"
     proc = subprocess.Popen(train_argv(prepared_dir, run), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    wait_for(lambda: RunDir(run).read_summary().get("epochs_done", 0) >= 1, proc)
+    wait_for(lambda: RunDir(run).read_summary().epochs_done >= 1, proc)
     time.sleep(1.0)
     proc.send_signal(sig)  # lands in epoch 2: 8 steps of ~0.5 s and a test pass
     out, err = proc.communicate(timeout=300)
@@ -94,14 +95,14 @@ def test_sigint_sigterm_save_the_current_state_and_resume_exactly(sig, reference
     assert f"python cli.py train --resume {run}" in lines[0]
     state = RunDir(run).load_checkpoint("last")
     assert state["epoch"] == 1 and state["partial"]["epoch"] == 1 and 1 <= state["partial"]["step"] <= 8
-    assert RunDir(run).read_summary()["status"] == "interrupted"
+    assert RunDir(run).read_summary().status == "interrupted"
 
     done = resume(run)
     assert done.returncode == 0, done.stderr
     assert f"(epoch 2 from step {state['partial']['step'] + 1})" in done.stdout
     assert metrics(run) == metrics(reference)
     assert same_weights(weights(run), weights(reference))
-    assert RunDir(run).read_summary()["status"] == "finished"
+    assert RunDir(run).read_summary().status == "finished"
 
 
 def test_sigkill_during_an_epoch_resumes_to_the_same_result(reference, prepared_dir, tmp_path):
@@ -183,9 +184,9 @@ def test_torchrun_two_cpu_ranks_with_gloo(prepared_dir, tmp_path):
 
     r = RunDir(run)
     summary = r.read_summary()
-    assert summary["status"] == "finished" and summary["processes"] == 2
-    assert summary["weights_in_sync"] is True
-    assert len(set(summary["weight_digests"])) == 1
+    assert summary.status == "finished" and summary.processes == 2
+    assert summary.weights_in_sync is True
+    assert len(set(summary.weight_digests)) == 1
     assert r.read_config()["global_batch_size"] == 64
     assert [row["epoch"] for row in r.read_metrics()] == [1, 2]
     for name in ("last.pt", "best.pt", "predictions_last.npz", "curves.png"):
@@ -197,7 +198,7 @@ def test_torchrun_two_cpu_ranks_with_gloo(prepared_dir, tmp_path):
     digest = hashlib.sha256()
     for tensor in weights(run).values():
         digest.update(tensor.contiguous().numpy().tobytes())
-    assert digest.hexdigest()[:16] == summary["weight_digests"][0]
+    assert digest.hexdigest()[:16] == summary.weight_digests[0]
 
     # the test shards were gathered back into test order: a one-process pass over the same
     # images with the saved weights gives the same predictions
@@ -206,7 +207,7 @@ def test_torchrun_two_cpu_ranks_with_gloo(prepared_dir, tmp_path):
 
     manifest = read_manifest(prepared_dir)
     images, labels = read_test_arrays(prepared_dir)
-    model = r.load_model("last")
+    model = load_run_model(r, "last")
     probs = predict_probs(model, images[:50], np.array(manifest["train_mean"]), np.array(manifest["train_std"]))
     saved = r.read_predictions("last")
     assert np.array_equal(saved.labels, labels[:50])
@@ -225,7 +226,7 @@ def test_divergence_keeps_the_last_good_checkpoint(prepared_dir, tmp_path):
     with pytest.raises(UserError, match=r"diverged: the loss became (nan|inf) in epoch 2 by step \d+"):
         run_train(tiny_config(prepared_dir, run), resume=run, extra_epochs_to=3)
     assert (run / "last.pt").read_bytes() == before
-    assert RunDir(run).read_summary()["status"] == "diverged"
+    assert RunDir(run).read_summary().status == "diverged"
     assert RunDir(run).load_checkpoint("last")["epoch"] == 1
 
 
@@ -339,7 +340,7 @@ def test_a_disk_that_fills_up_mid_run_keeps_the_previous_checkpoint(prepared_dir
         train(tiny_config(prepared_dir, run), log=_stop_after_epoch_1(fill), progress=False)
     assert RunDir(run).load_checkpoint("last")["epoch"] == 1
     assert not list(run.glob(".*.tmp"))
-    assert RunDir(run).read_summary()["status"] == "failed"
+    assert RunDir(run).read_summary().status == "failed"
 
 
 def test_a_disk_that_turns_read_only_mid_run_keeps_the_previous_checkpoint(prepared_dir, small_fs):
@@ -351,9 +352,13 @@ def test_a_disk_that_turns_read_only_mid_run_keeps_the_previous_checkpoint(prepa
     from training.fit import train
 
     run = fs / "run"
+    cfg = tiny_config(prepared_dir, run)
+    # remount,ro (the test's stand-in for a failing disk) is refused while a file is open for
+    # writing, as TensorBoard's event file is; a real disk error remounts regardless.
+    cfg.run.tensorboard = False
     try:
         with pytest.raises(UserError, match="cannot write to .*read-only"):
-            train(tiny_config(prepared_dir, run), log=_stop_after_epoch_1(remount_ro), progress=False)
+            train(cfg, log=_stop_after_epoch_1(remount_ro), progress=False)
         assert RunDir(run).load_checkpoint("last")["epoch"] == 1
     finally:
         subprocess.run(["mount", "-o", "remount,rw", str(fs)], capture_output=True)

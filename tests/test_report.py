@@ -21,13 +21,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from analysis.commands import report_command
 from analysis.report import make_report
+from cli_analysis import report_command
+from common import compare_folder
 from common.errors import UserError
+from common.records import RunSummary
 from common.rundir import RunDir
 from pipeline.cifar_source import CLASSES
 from tests.test_analysis import fake_probs, make_run, write_test_arrays
-from tests.test_explain_cli import assert_stays_clear_of_ffcv_and_training
+from tests.test_structure import assert_stays_clear_of_ffcv_and_training
 
 ROOT = Path(__file__).resolve().parents[1]
 RUN_SECTIONS = ("config", "data", "metrics", "evaluation", "explain", "benchmark")
@@ -61,8 +63,8 @@ def one_thread():
 def finish(run: RunDir, rows=METRICS, status: str = "finished") -> RunDir:
     run.write_metrics(rows)
     best = max(rows, key=lambda r: r["test_acc"])
-    run.write_summary({"status": status, "epochs_done": len(rows), "epochs": len(rows),
-                       "best_acc": best["test_acc"], "best_epoch": best["epoch"], "wall_seconds": 181.5})
+    run.write_summary(RunSummary.from_dict({"status": status, "epochs_done": len(rows), "epochs": len(rows),
+                       "best_acc": best["test_acc"], "best_epoch": best["epoch"], "wall_seconds": 181.5}))
     return run
 
 
@@ -164,12 +166,12 @@ def test_run_report_shows_the_runs_numbers(built):
     metrics = text[text.index('<section id="metrics">'):text.index('<section id="evaluation">')]
     for value in ("2.0123", "25.12%", "1.8765", "41.23%", "52.34%", "50.12%", "0.003", "1.4568", "850.2", "61.2"):
         assert value in metrics, value
-    assert '<tr class=best><td class=num>2</td>' in metrics
+    assert '<tr class="best"><td class="num">2</td>' in metrics
     config = text[text.index('<section id="config">'):text.index('<section id="data">')]
     assert "weight_decay" in config and "0.0005" in config and "label_smoothing" in config
     data = text[text.index('<section id="data">'):text.index('<section id="metrics">')]
     assert "125.30, 123.00, 113.90" in data  # train mean from config.json
-    assert "5,000" in data and "<td class=num>500</td>" in data  # the data folder's manifest
+    assert "5,000" in data and '<td class="num">500</td>' in data  # the data folder's manifest
     evaluation = text[text.index('<section id="evaluation">'):text.index('<section id="explain">')]
     assert "20 of 40 test images correct: 50.00%" in evaluation
     assert all(name in evaluation for name in CLASSES)
@@ -280,7 +282,7 @@ def test_cli_writes_report_without_ffcv_or_training(built, tmp_path):
     assert f"wrote {out}" in proc.stdout and "6 images embedded" in proc.stdout
     assert out.is_file()
     assert_stays_clear_of_ffcv_and_training(
-        "from analysis.commands import report_command\nimport analysis.report, analysis.explain, analysis.evaluate",
+        "from cli_analysis import report_command\nimport analysis.report, analysis.explain, analysis.evaluate",
         f"report_command({str(folder)!r}, {str(tmp_path / 'x.html')!r}, echo=lambda m: None)")
 
 
@@ -329,7 +331,7 @@ def test_compare_report(base, tmp_path):
     table = text[text.index('<section id="comparison">'):text.index('<section id="settings">')]
     for value in ("batch", "group", "layer", "52.34%", "53.34%", "54.34%", "51.12%", "48.12%", "842.0"):
         assert value in table, value
-    assert '<tr class=best><td>layer</td>' in table
+    assert '<tr class="best"><td>layer</td>' in table
     header = text[text.index("<header"):text.index("</header>")]
     assert "Comparison cmp" in header and "layer · 54.34%" in header
     runs = text[text.index('<section id="runs">'):]
@@ -340,10 +342,8 @@ def test_compare_report(base, tmp_path):
 
 
 def test_compare_report_rebuilds_a_missing_figure_and_table(base, tmp_path):
-    from analysis import comparison
-
     folder = make_compare(tmp_path / "cmp3", base / "data", with_outputs=False)
-    assert comparison.is_compare_dir(folder)
+    assert compare_folder.is_compare_dir(folder)
     result = make_report(folder)
     assert {p.name for p in result.made} == {"comparison.png", "comparison.json"}
     text = result.path.read_text()
@@ -382,6 +382,7 @@ def test_report_in_headless_chromium(kind, built, base, tmp_path):
     from PIL import Image
 
     exe = chromium()
+    sections: tuple[str, ...]
     if kind == "run":
         page, sections, images = built[0].path, RUN_SECTIONS, built[0].images
     else:

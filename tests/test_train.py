@@ -15,6 +15,7 @@ import torch
 from common.config import TrainConfig
 from common.errors import UserError
 from common.rundir import METRIC_FIELDS, RunDir
+from models.loading import load_run_model
 
 ROOT = Path(__file__).resolve().parents[1]
 TIMING = {"seconds", "img_per_s"}
@@ -70,9 +71,9 @@ def test_run_directory_contents(full_run, prepared_dir):
     assert all(0 <= r["train_acc"] <= 1 and 0 <= r["test_acc"] <= 1 and r["img_per_s"] > 0 for r in rows)
 
     summary = run.read_summary()
-    assert summary["status"] == "finished" and summary["epochs_done"] == 3
-    assert summary["best_acc"] == max(r["test_acc"] for r in rows)
-    assert rows[summary["best_epoch"] - 1]["test_acc"] == summary["best_acc"]
+    assert summary.status == "finished" and summary.epochs_done == 3
+    assert summary.best_acc == max(r["test_acc"] for r in rows)
+    assert rows[summary.best_epoch - 1]["test_acc"] == summary.best_acc
 
     # predictions: per test index (first 50), probabilities sum to 1, accuracy matches metrics
     preds = run.read_predictions("last")
@@ -82,12 +83,12 @@ def test_run_directory_contents(full_run, prepared_dir):
     np.testing.assert_array_equal(preds.preds, preds.probs.argmax(1))
     assert preds.accuracy == pytest.approx(rows[-1]["test_acc"])
     best = run.read_predictions("best")
-    assert best.accuracy == pytest.approx(summary["best_acc"])
+    assert best.accuracy == pytest.approx(summary.best_acc)
 
     # checkpoints load without executing code and rebuild the model from config.json
     state = torch.load(run.checkpoint_path("last"), weights_only=True)
     assert state["epoch"] == 3 and {"model", "optimizer", "scheduler", "scaler", "rng"} <= set(state)
-    model = run.load_model("best")
+    model = load_run_model(run, "best")
     assert sum(p.numel() for p in model.parameters()) == 11_173_962
 
     from matplotlib.image import imread
@@ -111,7 +112,7 @@ def test_divergence_stops_with_a_clear_message(prepared_dir, tmp_path):
     cfg = tiny_config(prepared_dir, tmp_path / "nan", epochs=2, lr=1e12)
     with pytest.raises(UserError, match=r"diverged.*in epoch \d+ by step \d+.*lower --lr"):
         run_train(cfg)
-    assert RunDir(tmp_path / "nan").read_summary()["status"] == "diverged"
+    assert RunDir(tmp_path / "nan").read_summary().status == "diverged"
 
 
 def test_refuses_to_overwrite_a_finished_run(full_run, prepared_dir):
@@ -172,3 +173,40 @@ def test_cli_finished_run_is_not_overwritten(full_run, prepared_dir):
     proc = cli("train", "--data", str(prepared_dir), "--run", str(full_run.run.path))
     assert_one_clear_error(proc, "finished run")
     assert full_run.run.metrics_path.read_text() == before
+
+
+# ---- bf16 autocast on a CPU with native bf16 ------------------------------------------------------
+
+def _native_bf16() -> bool:
+    from training.device import cpu_has_native_bf16
+
+    return cpu_has_native_bf16()
+
+
+needs_bf16 = pytest.mark.skipif(not _native_bf16(), reason="this CPU has no native bf16 (AVX512-BF16 or AMX)")
+
+
+@needs_bf16
+def test_bf16_resume_reproduces_an_uninterrupted_bf16_run_exactly(prepared_dir, tmp_path):
+    def bf16(cfg: TrainConfig) -> TrainConfig:
+        cfg.run.amp = True
+        return cfg
+
+    full = run_train(bf16(tiny_config(prepared_dir, tmp_path / "full", epochs=2)))
+    assert full.run.read_config()["precision"] == "bf16"
+    out = tmp_path / "resumed"
+    run_train(bf16(tiny_config(prepared_dir, out, epochs=1)))
+    resumed = run_train(bf16(tiny_config(prepared_dir, out)), resume=out, extra_epochs_to=2)
+    assert metrics_without_timing(resumed.run) == metrics_without_timing(full.run)
+    a = torch.load(full.run.checkpoint_path("last"), weights_only=True)["model"]
+    b = torch.load(resumed.run.checkpoint_path("last"), weights_only=True)["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+@needs_bf16
+def test_bf16_divergence_stops_with_a_clear_message(prepared_dir, tmp_path):
+    cfg = tiny_config(prepared_dir, tmp_path / "nan", epochs=2, lr=1e12)
+    cfg.run.amp = True
+    with pytest.raises(UserError, match=r"diverged.*in epoch \d+ by step \d+.*lower --lr"):
+        run_train(cfg)
+    assert RunDir(tmp_path / "nan").read_summary().status == "diverged"

@@ -8,6 +8,7 @@ runs that never finished an epoch start over.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -15,10 +16,10 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from analysis.comparison import COMPARE_FILE, ComparisonResult, is_compare_dir, read_compare, write_comparison
-from common.atomic import write_json
+from common import compare_folder
 from common.config import NORMS, TrainConfig
 from common.errors import UserError
+from common.lock import FolderLock
 from common.rundir import RunDir
 
 # Settings that may differ between the first attempt and a resumed one without changing results.
@@ -63,7 +64,7 @@ def _finished_run(path: Path) -> tuple[str, RunDir]:
                         "`python cli.py train`")
     if not run.finished:
         raise UserError(f"--runs {path} has not finished training (status "
-                        f"{run.read_summary().get('status', 'unknown')!r}); finish it with "
+                        f"{run.read_summary().status.value!r}); finish it with "
                         f"`python cli.py train --resume {path}` or leave it out")
     return run.train_config().model.norm, run
 
@@ -71,17 +72,22 @@ def _finished_run(path: Path) -> tuple[str, RunDir]:
 @dataclass
 class CompareResult:
     folder: Path
-    comparison: ComparisonResult
     trained: list[str]
     reused: list[str]
+    main: bool = True  # False on torchrun ranks other than 0: they train but write and print nothing
+    comparison: Any = None  # filled in by the caller that writes the figure and table (analysis)
 
 
 def compare(norms: Sequence[str] | None, base: TrainConfig, folder: str | Path | None = None,
             runs: Sequence[str | Path] = (), log: Callable[[str], None] = print,
             progress: bool = True) -> CompareResult:
-    """Train (or reuse) one run per norm into `folder`, then write the comparison figure and table."""
+    """Train (or reuse) one run per norm into `folder`. Under torchrun every rank trains every run
+    in one process group; rank 0 chooses the folder, holds its lock and writes compare.json."""
+    from training.distributed import context
     from training.fit import train
 
+    ctx = context(base.run.device)
+    log = log if ctx.main else (lambda message: None)
     given = dict(_finished_run(Path(p)) for p in runs)
     if len(given) != len(runs):
         raise UserError("--runs holds two runs with the same normalisation; give one run per norm")
@@ -93,47 +99,55 @@ def compare(norms: Sequence[str] | None, base: TrainConfig, folder: str | Path |
         raise UserError(f"--runs includes a {extra[0]} run but --norms is {','.join(norms)}; add {extra[0]} "
                         "to --norms or leave that run out")
     base.validate()
-    folder = Path(folder) if folder else Path("runs") / f"compare-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
-    record = {"kind": "compare", "norms": norms,
-              "runs": {n: str(given[n].path.resolve()) if n in given else n for n in norms},
-              "train": _comparable(base.to_dict()),
-              "settings": {"epochs": base.optim.epochs, "batch_size": base.optim.batch_size, "lr": base.optim.lr,
-                           "seed": base.run.seed, "subset": base.data.subset, "test_subset": base.data.test_subset,
-                           "recipe": base.recipe, "data": base.data.data_dir},
-              "created": datetime.now().isoformat(timespec="seconds")}
-    if is_compare_dir(folder):
-        old = read_compare(folder)
-        changed = _differences(old.get("train", {}), record["train"])
-        if changed or old.get("norms") != norms or old.get("runs") != record["runs"]:
-            detail = "; ".join(changed[:3]) or f"norms/runs {old.get('norms')} → {norms}"
+    chosen = folder or Path("runs") / f"compare-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
+    folder = Path(ctx.broadcast(str(chosen)))  # one folder for all ranks, even across a second boundary
+    record = compare_folder.CompareRecord(
+        norms=norms, runs={n: str(given[n].path.resolve()) if n in given else n for n in norms},
+        train=_comparable(base.to_dict()),
+        settings={"epochs": base.optim.epochs, "batch_size": base.optim.batch_size, "lr": base.optim.lr,
+                  "seed": base.run.seed, "subset": base.data.subset, "test_subset": base.data.test_subset,
+                  "recipe": base.recipe, "data": base.data.data_dir, "shortcut_norm": base.model.shortcut_norm},
+        created=datetime.now().isoformat(timespec="seconds"))
+    with contextlib.ExitStack() as held:
+        if ctx.main:
+            _check_folder(folder, record, log)
+            held.enter_context(FolderLock(folder, "compare"))
+            compare_folder.write_compare(folder, record)
+        ctx.barrier()
+        trained, reused = [], []
+        for i, norm in enumerate(norms, 1):
+            if norm in given:
+                log(f"[{i}/{len(norms)}] {norm}: reusing finished run {given[norm].path}")
+                reused.append(norm)
+                continue
+            run = RunDir(compare_folder.norm_dir(folder, norm))
+            if run.finished:
+                log(f"[{i}/{len(norms)}] {norm}: already finished in {run.path}")
+                reused.append(norm)
+                continue
+            if run.has_checkpoint("last"):
+                log(f"[{i}/{len(norms)}] {norm}: resuming {run.path}")
+                train(base, resume=run.path, log=log, progress=progress, lock=False)
+            else:
+                cfg = TrainConfig.from_dict(base.to_dict())
+                cfg.model.norm = norm
+                cfg.run.run_dir = str(run.path)
+                log(f"[{i}/{len(norms)}] {norm}: training {run.path}")
+                train(cfg, log=log, progress=progress, lock=False)
+            trained.append(norm)
+    return CompareResult(folder, trained, reused, main=ctx.main)
+
+
+def _check_folder(folder: Path, record: compare_folder.CompareRecord, log: Callable[[str], None]) -> None:
+    """A new or empty folder, or the same comparison to resume (its first-attempt time is kept)."""
+    if compare_folder.is_compare_dir(folder):
+        old = compare_folder.read_compare(folder)
+        changed = _differences(old.train, record.train)
+        if changed or old.norms != record.norms or old.runs != record.runs:
+            detail = "; ".join(changed[:3]) or f"norms/runs {old.norms} → {record.norms}"
             raise UserError(f"{folder} already holds a comparison with other settings ({detail}); "
                             "repeat the original command to resume it, or pass a new --run folder")
-        record["created"] = old.get("created", record["created"])
+        record.created = old.created or record.created
         log(f"resuming the comparison in {folder}")
     elif folder.exists() and (not folder.is_dir() or any(folder.iterdir())):
         raise UserError(f"{folder} exists and is not a comparison folder; pass a new or empty --run folder")
-    folder.mkdir(parents=True, exist_ok=True)
-    write_json(folder / COMPARE_FILE, record)
-
-    trained, reused = [], []
-    for i, norm in enumerate(norms, 1):
-        if norm in given:
-            log(f"[{i}/{len(norms)}] {norm}: reusing finished run {given[norm].path}")
-            reused.append(norm)
-            continue
-        run = RunDir(folder / norm)
-        if run.finished:
-            log(f"[{i}/{len(norms)}] {norm}: already finished in {run.path}")
-            reused.append(norm)
-            continue
-        if run.has_checkpoint("last"):
-            log(f"[{i}/{len(norms)}] {norm}: resuming {run.path}")
-            train(base, resume=run.path, log=log, progress=progress)
-        else:
-            cfg = TrainConfig.from_dict(base.to_dict())
-            cfg.model.norm = norm
-            cfg.run.run_dir = str(run.path)
-            log(f"[{i}/{len(norms)}] {norm}: training {run.path}")
-            train(cfg, log=log, progress=progress)
-        trained.append(norm)
-    return CompareResult(folder, write_comparison(folder), trained, reused)

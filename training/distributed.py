@@ -5,17 +5,23 @@ LOCAL_RANK in their environment; without them (a plain `python cli.py train`) ev
 is a no-op, so the single-process path is the same code with K = 1.
 
 Contract (README, "Several GPUs"):
-- each rank reads its own shard of the shuffled train set (FFCV `distributed=True`, which wraps
-  torch's DistributedSampler: all ranks share the order seed, so the shards partition the data);
-- augmentation is a function of (seed, epoch, image index), so an image gets the same crop, flip,
-  rotation and cutout whichever rank draws it, and results do not depend on K through it;
-- the global batch is K × --batch-size; the learning rate is not rescaled;
+- one process group per process, for its whole life: `compare` trains several runs in one
+  process, and re-creating the group between them let a late rank join stale rendezvous keys and
+  hang; the group is destroyed once, at exit;
+- the backend follows the *requested* device (NCCL for CUDA, gloo for CPU), so `--device cpu` on a
+  GPU machine runs gloo; each GPU process owns the GPU of its LOCAL_RANK;
+- each rank reads its own shard of the shuffled train set (all ranks share the order seed, so the
+  shards partition the data); augmentation is a function of (seed, epoch, image index), so an
+  image is augmented the same whichever rank draws it;
+- the global batch is K × --batch-size; the learning rate is not rescaled unless --scale-lr;
 - train loss/accuracy and the stop/divergence decisions are all-reduced, the test set is split
-  across ranks and gathered, and only rank 0 writes the run directory or prints.
+  across ranks and gathered, BatchNorm buffers are broadcast from rank 0 before every evaluation,
+  and only rank 0 writes the run directory or prints.
 """
 
 from __future__ import annotations
 
+import atexit
 import os
 from dataclasses import dataclass
 from datetime import timedelta
@@ -23,6 +29,7 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
+from torch import nn
 
 from common.errors import UserError
 
@@ -65,6 +72,15 @@ class DistContext:
         dist.all_gather_object(out, obj)
         return out
 
+    def broadcast_buffers(self, model: nn.Module) -> None:
+        """Rank 0's buffers (BatchNorm running statistics) on every rank. DDP broadcasts them only
+        at the start of each forward, so after the last step of an epoch the ranks' statistics
+        differ; a model without buffers costs nothing."""
+        if not self.enabled:
+            return
+        for buffer in model.buffers():
+            dist.broadcast(buffer.data, src=0)
+
     def barrier(self) -> None:
         if self.enabled:
             dist.barrier()
@@ -73,16 +89,38 @@ class DistContext:
         return torch.device("cuda", torch.cuda.current_device()) if self.backend == "nccl" else torch.device("cpu")
 
 
-def from_environment() -> DistContext:
-    """Join the process group torchrun describes in the environment; K = 1 without torchrun."""
+_CONTEXT: DistContext | None = None
+
+
+def wants_cuda(requested: str) -> bool:
+    """Does `--device` ask for a GPU? `auto` does exactly when CUDA is usable."""
+    return requested.startswith("cuda") or (requested == "auto" and torch.cuda.is_available())
+
+
+def backend_for(requested: str) -> str:
+    return "nccl" if wants_cuda(requested) else "gloo"
+
+
+def context(requested_device: str = "auto") -> DistContext:
+    """This process's place in the torchrun job (K = 1 without torchrun), joining the process
+    group on the first call; later calls return the same context."""
+    global _CONTEXT
+    if _CONTEXT is not None:
+        return _CONTEXT
     world = int(os.environ.get("WORLD_SIZE", "1") or 1)
     if world <= 1:
-        return DistContext()
+        _CONTEXT = DistContext()
+        return _CONTEXT
     rank, local_rank = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
     if not dist.is_available():
         raise UserError("this torch build has no torch.distributed; run without torchrun")
-    backend = "nccl" if torch.cuda.is_available() else "gloo"
+    if requested_device.startswith("cuda:"):
+        raise UserError(f"--device {requested_device} names one GPU, but under torchrun each process uses the GPU of "
+                        "its LOCAL_RANK; pass --device cuda (or auto), and CUDA_VISIBLE_DEVICES to choose the GPUs")
+    backend = backend_for(requested_device)
     if backend == "nccl":
+        if not torch.cuda.is_available():
+            raise UserError("--device cuda under torchrun needs one visible GPU per process; none is visible")
         if local_rank >= torch.cuda.device_count():
             raise UserError(f"torchrun started {os.environ.get('LOCAL_WORLD_SIZE', '?')} processes on this node "
                             f"but only {torch.cuda.device_count()} GPUs are visible; lower --nproc_per_node")
@@ -90,18 +128,23 @@ def from_environment() -> DistContext:
     if not dist.is_initialized():
         # 30 min covers a CPU test pass on a slow rank while the others wait in a collective.
         dist.init_process_group(backend, timeout=timedelta(minutes=30))
-    return DistContext(rank, world, local_rank, backend)
+        atexit.register(shutdown)
+    _CONTEXT = DistContext(rank, world, local_rank, backend)
+    return _CONTEXT
 
 
 def device_for(ctx: DistContext, requested: str) -> str:
     """Under torchrun on GPUs each process owns the GPU of its LOCAL_RANK."""
-    if ctx.enabled and ctx.backend == "nccl" and requested in ("auto", "cuda"):
+    if ctx.enabled and ctx.backend == "nccl":
         return f"cuda:{ctx.local_rank}"
-    if ctx.enabled and ctx.backend == "gloo" and requested.startswith("cuda"):
-        raise UserError("--device cuda under torchrun needs one visible GPU per process; none is visible")
+    if ctx.enabled and ctx.backend == "gloo" and requested == "auto":
+        return "cpu"
     return requested
 
 
-def shutdown(ctx: DistContext) -> None:
-    if ctx.enabled and dist.is_initialized():
+def shutdown() -> None:
+    """Leave the process group (once, at exit)."""
+    global _CONTEXT
+    if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
+    _CONTEXT = None

@@ -1,7 +1,9 @@
-"""The `explain`, `evaluate` and `report` commands as plain functions: call the library, print the results.
+"""The `explain`, `evaluate` and `report` commands' bodies: call the analysis library, print the results.
 
-cli.py only parses flags and calls these; they catch nothing, so a UserError reaches cli.py's
-`user_errors` decorator and becomes one red line with exit status 2.
+CLI glue, so it lives beside cli.py and the library (analysis/) never imports typer. cli.py parses
+the flags and calls these; they catch nothing, so a UserError reaches cli.py's `user_errors`
+decorator and becomes one red line with exit status 2. `echo` is a parameter so tests can collect
+the output.
 """
 
 from __future__ import annotations
@@ -11,6 +13,8 @@ from pathlib import Path
 
 import typer
 
+Echo = Callable[[str], None]
+
 
 def _err(message: str) -> None:
     typer.echo(message, err=True)
@@ -19,7 +23,7 @@ def _err(message: str) -> None:
 def explain_command(run: Path | None = None, layer: Sequence[int] = (3,), count: int = 20,
                     pick: str = "confident", seed: int = 0, target: str = "predicted",
                     method: str = "gradcam", which: str = "best", data: Path | None = None,
-                    echo: Callable[[str], None] = typer.echo) -> None:
+                    echo: Echo = typer.echo) -> None:
     from analysis.explain import explain, format_scores
 
     result = explain(run, layers=list(layer) or [3], count=count, pick=pick, seed=seed, target=target,
@@ -39,7 +43,7 @@ def explain_command(run: Path | None = None, layer: Sequence[int] = (3,), count:
 
 
 def evaluate_command(run: Path | None = None, which: str = "best", recompute: bool = False,
-                     data: Path | None = None, echo: Callable[[str], None] = typer.echo) -> None:
+                     data: Path | None = None, echo: Echo = typer.echo) -> None:
     from analysis.evaluate import evaluate
 
     result = evaluate(run, which=which, recompute=recompute, data_dir=data, log=_err)
@@ -49,8 +53,7 @@ def evaluate_command(run: Path | None = None, which: str = "best", recompute: bo
     echo(f"wrote {result.json_path}")
 
 
-def report_command(run: Path | None = None, out: Path | None = None,
-                   echo: Callable[[str], None] = typer.echo) -> None:
+def report_command(run: Path | None = None, out: Path | None = None, echo: Echo = typer.echo) -> None:
     from analysis.report import make_report
 
     result = make_report(run, out, log=_err)

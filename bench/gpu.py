@@ -1,0 +1,168 @@
+"""`bench gpu`: everything a GPU decision needs, in one command and one JSON file.
+
+1. model-only train-step img/s for each norm × memory format × eager/compile at batch 128 in the
+   device's default precision (bf16 autocast on CUDA) — the numbers behind the per-norm
+   channels-last default (GroupNorm has no channels-last CUDA kernel in torch 2.14 and autocast
+   runs it in fp32, so each norm may pay a cast and an NHWC→NCHW copy);
+2. the same step fed by the real loader (FFCV where it imports, else the torch path), so the
+   loader stall shows as a ratio to (1);
+3. a short real run (`train`, default 2 epochs) on the prepared data: epoch seconds, test accuracy;
+4. the pinned-buffer race probe: while the GPU is kept busy after every batch, every label the
+   loader hands out is checked against the labels of the indices its order says it drew (a
+   reused host buffer overwritten before its copy ran would show up as wrong labels);
+5. device name, torch, CUDA and driver versions.
+
+On a CPU the same code runs with a small budget (`--steps`, `--subset`), which is how the suite
+tests it. On a GPU machine that has no FFCV it still runs: the torch loader needs only torch.
+Budget on one GPU: ~8 minutes with compile (6 compiles of ~30-60 s each dominate), ~2 without.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from common.config import NORMS, AugmentConfig, TrainConfig
+
+Log = Callable[[str], None]
+
+
+def _versions(device: torch.device) -> dict[str, Any]:
+    info: dict[str, Any] = {"torch": torch.__version__, "cuda_build": torch.version.cuda}
+    if device.type == "cuda":
+        info["device"] = torch.cuda.get_device_name(device)
+        info["capability"] = ".".join(map(str, torch.cuda.get_device_capability(device)))
+        smi = shutil.which("nvidia-smi")
+        if smi:
+            out = subprocess.run([smi, "--query-gpu=driver_version", "--format=csv,noheader"], capture_output=True,
+                                 text=True, timeout=30)
+            info["driver"] = out.stdout.strip().splitlines()[0] if out.returncode == 0 and out.stdout.strip() else None
+    else:
+        from bench.common import machine
+
+        info["device"] = "CPU"
+        info.update(machine())
+    return info
+
+
+def _grid(setup: Any, norms: tuple[str, ...], batch_size: int, steps: int, warmup: int, modes: tuple[str, ...],
+          log: Log) -> list[dict[str, Any]]:
+    from bench.train import _steps_rate, _synthetic
+    from training.device import DeviceSetup
+
+    rows = []
+    for norm in norms:
+        for channels_last in (True, False):
+            fmt = "channels-last" if channels_last else "NCHW"
+            variant = DeviceSetup(setup.device, setup.amp_dtype, channels_last, setup.use_scaler)
+            for mode in modes:
+                t0 = time.perf_counter()
+                rate = _steps_rate(_synthetic(batch_size, setup.device), variant, warmup, steps, norm,
+                                   compile=mode == "compile")
+                rows.append({"norm": norm, "format": fmt, "mode": mode, "img_s": rate,
+                             "seconds_incl_compile": time.perf_counter() - t0})
+                log(f"  model only  {norm:<6} {fmt:<13} {mode:<8} {rate:>10,.0f} img/s")
+    return rows
+
+
+def _loader_fed(setup: Any, data_dir: Path, kind: str, batch_size: int, steps: int, warmup: int,
+                model_only: float, log: Log) -> dict[str, Any]:
+    from bench.train import _repeat, _steps_rate
+    from training.parts import make_split_loader
+
+    loader = make_split_loader(kind, data_dir, "train", batch_size, AugmentConfig(), 0, setup.device, None, None,
+                               False)
+    rate = _steps_rate(_repeat(loader), setup, warmup, steps, "layer")
+    log(f"  fed by the {kind} loader (layer, channels-last, eager): {rate:,.0f} img/s = {rate / model_only:.2f} × "
+        "model only")
+    return {"loader": kind, "img_s": rate, "model_only_img_s": model_only, "ratio": rate / model_only}
+
+
+def race_probe(loader: Any, labels: np.ndarray, batches: int, busy_cycles: int = 50_000_000) -> dict[str, Any]:
+    """Hand out `batches` batches while the GPU is busy after each one; count labels that are not
+    those of the indices the loader's order says it drew."""
+    order = loader.order()
+    bs = loader.batch_size
+    wrong = checked = 0
+    on_cuda = loader.device.type == "cuda"
+    for i, (_, y) in enumerate(loader):
+        if i >= batches:
+            break
+        if on_cuda:
+            torch.cuda._sleep(busy_cycles)  # keep the GPU busy: an unsafe copy would now lag behind
+        want = torch.from_numpy(labels[order[i * bs:(i + 1) * bs]])
+        got = y.cpu()
+        wrong += int((got != want[:len(got)]).sum())
+        checked += len(got)
+    if on_cuda:
+        torch.cuda.synchronize()
+    return {"batches": min(batches, len(loader)), "labels_checked": checked, "wrong_labels": wrong,
+            "gpu_delayed": on_cuda}
+
+
+def _short_run(data_dir: Path, device: str, loader: str, epochs: int, batch_size: int, subset: int | None,
+               test_subset: int | None, max_steps: int | None, log: Log) -> dict[str, Any]:
+    from training.fit import train
+
+    cfg = TrainConfig()
+    cfg.data.data_dir, cfg.data.subset, cfg.data.test_subset, cfg.data.loader = str(data_dir), subset, test_subset, loader
+    cfg.optim.epochs, cfg.optim.max_steps, cfg.optim.batch_size = epochs, max_steps, batch_size
+    cfg.run.device = device
+    folder = Path(tempfile.mkdtemp(prefix="bench-gpu-run-"))
+    cfg.run.run_dir = str(folder / "run")
+    try:
+        result = train(cfg, log=lambda m: log("  " + m), progress=False)
+        rows = result.run.read_metrics()
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+    return {"epochs": [{"epoch": int(r["epoch"]), "seconds": r["seconds"], "img_s": r["img_per_s"],
+                        "test_acc": r["test_acc"], "train_acc": r["train_acc"]} for r in rows]}
+
+
+def bench_gpu(data_dir: str | Path = "data", steps: int | None = None, batch_size: int = 128, epochs: int = 2,
+              compile: bool = True, norms: tuple[str, ...] = NORMS, subset: int | None = None,
+              test_subset: int | None = None, max_steps: int | None = None, device: str = "auto",
+              log: Log = print) -> dict[str, Any]:
+    from bench.common import data_or_synthetic
+    from pipeline.loader_choice import resolve_loader
+    from pipeline.manifest import read_arrays, read_manifest
+    from training.device import resolve_device
+    from training.parts import make_split_loader
+
+    setup = resolve_device(device)
+    on_cuda = setup.device.type == "cuda"
+    steps = steps or (50 if on_cuda else 3)
+    warmup = 5 if on_cuda else 1
+    data_dir, what = data_or_synthetic(data_dir, log=log)
+    kind, why = resolve_loader("auto", setup.device, data_dir)
+    results: dict[str, Any] = {"benchmark": "gpu", "versions": _versions(setup.device), "setup": setup.describe(),
+                               "data": what, "batch_size": batch_size, "steps": steps, "loader": kind,
+                               "loader_reason": why}
+    log(f"bench gpu on {setup.describe()}; {what}; loader {kind} ({why})")
+    modes = ("eager", "compile") if compile else ("eager",)
+    log(f"1. model-only train step, {steps} steps of {batch_size} after {warmup} warm-up:")
+    results["model_only"] = _grid(setup, norms, batch_size, steps, warmup, modes, log)
+    base = next(r["img_s"] for r in results["model_only"]
+                if (r["norm"], r["format"], r["mode"]) == ("layer", "channels-last", "eager"))
+    log("2. the same step fed by the loader:")
+    results["loader_fed"] = _loader_fed(setup, data_dir, kind, batch_size, steps, warmup, base, log)
+    log("3. pinned-buffer race probe:")
+    loader = make_split_loader(kind, data_dir, "train", batch_size, AugmentConfig(), 0, setup.device, None, None,
+                               False)
+    _, labels = read_arrays(data_dir, "train", read_manifest(data_dir))
+    probe = race_probe(loader, labels, batches=min(len(loader), 200 if on_cuda else 8))
+    results["race_probe"] = probe
+    log(f"  {probe['labels_checked']:,} labels checked over {probe['batches']} batches "
+        f"({'GPU kept busy' if probe['gpu_delayed'] else 'no GPU: order check only'}): "
+        f"{probe['wrong_labels']} wrong")
+    log(f"4. a {epochs}-epoch run of `train`:")
+    results["run"] = _short_run(data_dir, device, kind, epochs, batch_size, subset, test_subset, max_steps, log)
+    return results

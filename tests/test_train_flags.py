@@ -1,0 +1,130 @@
+"""`train`'s flags and run-environment: recipes, resume overrides, locks, torchrun compare, log output."""
+
+from __future__ import annotations
+
+import io
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from cli_flags import FLAGS, given_environment, train_config
+from common.config import RECIPES, TrainConfig, apply_recipe
+from common.rundir import RunDir
+from tests.test_reliability import train_argv, wait_for
+from tests.test_train import ROOT, assert_one_clear_error, cli
+
+
+def test_every_flag_is_a_config_field_or_says_why_not():
+    fields = {(s, f.name) for s in ("data", "augment", "model", "optim", "run")
+              for f in __import__("dataclasses").fields(getattr(TrainConfig(), s))}
+    for flag in FLAGS:
+        assert flag.target is None or flag.target in fields, flag.name
+    assert {f.name for f in FLAGS if f.target is None} == {"recipe", "quiet"}
+
+
+@pytest.mark.parametrize("recipe", RECIPES)
+def test_a_flag_not_given_never_overrides_the_recipe(recipe):
+    assert train_config({"recipe": recipe}).to_dict() == apply_recipe(TrainConfig(), recipe).to_dict()
+
+
+def test_a_recipe_that_sets_lr_keeps_it_and_a_given_flag_wins(monkeypatch):
+    import cli_flags
+
+    def recipe_with_lr(cfg, name):
+        cfg.optim.lr, cfg.augment.flip = 0.5, False
+        return cfg
+
+    monkeypatch.setattr(cli_flags, "apply_recipe", recipe_with_lr)
+    assert train_config({"recipe": "fast"}).optim.lr == 0.5  # the flag's default (0.03) does not sneak in
+    cfg = train_config({"recipe": "fast", "lr": 0.1, "flip": True, "fill": "1,2,3"})
+    assert (cfg.optim.lr, cfg.augment.flip, cfg.augment.fill) == (0.1, True, (1, 2, 3))
+
+
+def test_the_assignment_recipe_is_the_original_model_and_augmentation():
+    cfg = apply_recipe(TrainConfig(), "assignment")
+    assert (cfg.model.norm, cfg.model.shortcut_norm, cfg.model.zero_init) == ("layer", "batch", False)
+    assert (cfg.augment.border, cfg.augment.flip, cfg.augment.pad, cfg.optim.weight_decay) == ("reflect", False, 2, 0.0)
+
+
+def test_only_environment_flags_reach_a_resume():
+    assert given_environment({"device": "cpu", "workers": 1, "lr": 0.5, "compile": None}) == {
+        ("run", "device"): "cpu", ("data", "workers"): 1}
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "-inf"])
+def test_cli_rejects_non_finite_numbers(prepared_dir, tmp_path, value):
+    proc = cli("train", "--data", str(prepared_dir), "--run", str(tmp_path / "r"), "--lr", value)
+    assert_one_clear_error(proc, "--lr", "finite")
+    assert not (tmp_path / "r").exists()
+
+
+def test_resume_takes_new_environment_flags_and_refuses_recipe_flags(prepared_dir, tmp_path):
+    run = tmp_path / "r"
+    first = cli("train", "--data", str(prepared_dir), "--run", str(run), "--epochs", "1", "--subset", "64",
+                "--batch-size", "32", "--test-subset", "20", "--device", "cpu", "--quiet", "--workers", "2")
+    assert first.returncode == 0, first.stderr
+    assert_one_clear_error(cli("train", "--resume", str(run), "--epochs", "2", "--lr", "0.1"), "--lr", "resum")
+    again = cli("train", "--resume", str(run), "--epochs", "2", "--workers", "1", "--quiet")
+    assert again.returncode == 0, again.stderr
+    config = RunDir(run).read_config()
+    assert config["train"]["data"]["workers"] == 1 and config["train"]["optim"]["epochs"] == 2
+    (change,) = config["resumes"]
+    assert change["at_epoch"] == 1 and change["changed"]["data.workers"] == [2, 1]
+
+
+def test_a_second_process_on_a_training_run_is_refused(prepared_dir, tmp_path):
+    run = tmp_path / "busy"
+    args = [*train_argv(prepared_dir, run)]
+    args[args.index("--epochs") + 1] = "30"  # long enough to still be running
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_for(lambda: RunDir(run).has_checkpoint("last"), proc)
+        second = cli("train", "--resume", str(run), "--quiet")
+        assert_one_clear_error(second, str(run), "in use by another process", f"pid {proc.pid} on host")
+    finally:
+        proc.kill()
+        proc.communicate()
+    # the holder died: its lock is taken over, and the run continues
+    done = cli("train", "--resume", str(run), "--epochs", "2", "--quiet")
+    assert done.returncode == 0, done.stderr
+    assert "took over the lock" in done.stdout
+
+
+def test_torchrun_compare_with_batchnorm_finishes_in_sync(prepared_dir, tmp_path):
+    """One process group for both runs (the second used to hang), rank 0 alone writes and prints,
+    and BatchNorm's running statistics agree across ranks (the digests used to differ: exit 2)."""
+    torchrun = Path(sys.executable).with_name("torchrun")
+    if not torchrun.is_file():
+        pytest.skip("torchrun is not installed beside this Python")
+    folder = tmp_path / "cmp"
+    args = ["--epochs", "1", "--batch-size", "32", "--subset", "256", "--test-subset", "50", "--device", "cpu",
+            "--quiet", "--workers", "1"]  # one loader thread per rank on 2 cores
+    proc = subprocess.run([str(torchrun), "--standalone", "--nproc_per_node=2", str(ROOT / "cli.py"), "compare",
+                           "--norms", "batch,layer", "--data", str(prepared_dir), "--run-dir", str(folder), *args],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert proc.stdout.count("wrote ") == 3  # figure, md, json: once
+    record = json.loads((folder / "compare.json").read_text())
+    assert record["norms"] == ["batch", "layer"]
+    for norm in ("batch", "layer"):
+        summary = RunDir(folder / norm).read_summary()
+        assert summary.finished and summary.processes == 2 and summary.weights_in_sync
+    assert len(list(tmp_path.iterdir())) == 1  # both ranks used the one folder
+
+
+def test_progress_is_a_line_every_n_seconds_off_a_terminal():
+    from training.progress import Progress
+
+    lines: list[str] = []
+    progress = Progress(10, 0, "epoch 1/3", True, lines.append, stream=io.StringIO(), every=0.0)
+    for _ in range(3):
+        progress.set(loss="2.000")
+        progress.update()
+    progress.close()
+    assert lines == [f"epoch 1/3: step {i}/10  loss 2.000" for i in (1, 2, 3)]
+    quiet: list[str] = []
+    Progress(10, 0, "x", False, quiet.append, stream=io.StringIO(), every=0.0).update()
+    assert quiet == []

@@ -1,0 +1,222 @@
+"""One training epoch and one evaluation pass.
+
+An epoch either returns its sums or raises: `StopRequested` when SIGINT/SIGTERM asked the run to
+stop (carrying the exact mid-epoch state to save), `Diverged` when the loss is no longer finite.
+The status bookkeeping for both lives in training/status.py, so this file is only the step loop.
+"""
+
+from __future__ import annotations
+
+import math
+import signal
+import time
+from dataclasses import dataclass
+from types import FrameType, TracebackType
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from common.config import OptimConfig
+from common.errors import UserError
+from training.device import DeviceSetup
+from training.distributed import DistContext
+from training.parts import Parts, warmup_factor
+from training.progress import Progress
+from training.state import Partial
+
+
+class Diverged(UserError):
+    def __init__(self, loss: float, epoch: int, step: int, checkpoint: str = ""):
+        self.loss, self.epoch, self.step = loss, epoch, step
+        where = f"; the last good checkpoint is {checkpoint} (if any)" if checkpoint else ""
+        super().__init__(f"training diverged: the loss became {loss} in epoch {epoch + 1} by step {step + 1}"
+                         f"{where}; lower --lr and start a new run")
+
+    def at(self, checkpoint: str) -> Diverged:
+        """The same event, naming the checkpoint to fall back on."""
+        return Diverged(self.loss, self.epoch, self.step, checkpoint)
+
+
+class Interrupted(UserError):
+    exit_code = 130
+
+
+class StopRequested(Exception):
+    """A signal asked the run to stop; `partial` is the state to save (None: at an epoch end)."""
+
+    def __init__(self, signame: str, partial: Partial | None):
+        super().__init__(signame)
+        self.signame = signame
+        self.partial = partial
+
+
+class Stopper:
+    """SIGINT/SIGTERM ask the loop to stop at the next step boundary, where the state is whole
+    and can be saved; a second signal stops at once, keeping the last saved checkpoint."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self, log: Any):
+        self.log = log
+        self.requested: str | None = None
+        self.previous: dict[int, Any] = {}
+
+    def __enter__(self) -> Stopper:
+        for sig in self.SIGNALS:
+            try:
+                self.previous[sig] = signal.signal(sig, self._handle)
+            except ValueError:  # not the main thread: leave signals alone
+                pass
+        return self
+
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
+        if self.requested is not None:
+            raise KeyboardInterrupt
+        self.requested = signal.Signals(signum).name
+        self.log(f"{self.requested}: saving the state at the end of this step "
+                 "(send it again to quit at once)")
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
+
+    def agreed(self, ctx: DistContext) -> bool:
+        """Did any rank get a signal? (a collective under torchrun: every rank must call it)"""
+        return ctx.all_sum([1.0 if self.requested else 0.0])[0] > 0
+
+
+@dataclass
+class EpochSums:
+    loss_sum: float
+    correct: float
+    seen: float
+    seconds: float  # training seconds, including those before a resume
+
+    @property
+    def loss(self) -> float:
+        return self.loss_sum / max(self.seen, 1)
+
+    @property
+    def acc(self) -> float:
+        return self.correct / max(self.seen, 1)
+
+
+def train_epoch(epoch: int, parts: Parts, loader: Any, setup: DeviceSetup, ctx: DistContext, optim: OptimConfig,
+                steps: int, stopper: Stopper, progress: Progress, partial: Partial | None) -> EpochSums:
+    """Train one epoch (resuming at `partial.step` when given); returns the global sums."""
+    # Syncing with the GPU every step would stall it, so there the loss (and, under torchrun, the
+    # stop flag) is read every 20 steps; on the CPU reading it is free, so every step is checked.
+    check_every = 20 if setup.device.type == "cuda" else 1
+    skip = partial.step if partial else 0
+    prior = partial.seconds if partial else 0.0
+    # Local running sums; under torchrun rank 0 carries the restored global sums.
+    loss_sum = torch.zeros((), device=setup.device, dtype=torch.float64)
+    correct = torch.zeros((), device=setup.device, dtype=torch.float64)
+    seen = 0
+    sums = [partial.loss_sum, partial.correct, partial.seen] if partial else [0.0, 0.0, 0.0]
+    if partial and ctx.main:
+        loss_sum += partial.loss_sum
+        correct += partial.correct
+        seen = int(partial.seen)
+    t0 = time.perf_counter()
+    parts.step.train()
+    loader.set_epoch(epoch)
+    if skip < steps:
+        for step, (x, y) in enumerate(loader):
+            if step >= steps:
+                break
+            if step < skip:  # consumed before the interruption; same batches, same order
+                continue
+            x = setup.batch(x)
+            with setup.autocast():
+                logits = parts.step(x)
+                loss = parts.criterion(logits, y)
+            parts.optimizer.zero_grad(set_to_none=True)
+            parts.scaler.scale(loss).backward()
+            _optimizer_step(parts, warmup_factor(optim, epoch * steps + step))
+            loss_sum += loss.detach().double() * len(y)
+            correct += (logits.detach().argmax(1) == y).sum()
+            seen += len(y)
+            if step % check_every == 0 or step == steps - 1 or (stopper.requested and not ctx.enabled):
+                *sums, flags = ctx.all_sum([loss_sum.item(), correct.item(), float(seen),
+                                            1.0 if stopper.requested else 0.0])
+                mean = sums[0] / max(sums[2], 1)
+                if not math.isfinite(mean):
+                    raise Diverged(mean, epoch, step)
+                if flags > 0:
+                    raise StopRequested(stopper.requested or "SIGTERM", Partial(
+                        epoch, step + 1, sums[0], sums[1], sums[2], prior + time.perf_counter() - t0, ctx.world))
+                elapsed = prior + time.perf_counter() - t0
+                progress.set(loss=f"{mean:.3f}", acc=f"{100 * sums[1] / max(sums[2], 1):.1f}%",
+                             img_s=f"{sums[2] / max(elapsed, 1e-9):,.0f}")
+            progress.update(1)
+    progress.close()
+    return EpochSums(sums[0], sums[1], sums[2], prior + time.perf_counter() - t0)
+
+
+def _optimizer_step(parts: Parts, factor: float) -> None:
+    if factor >= 1.0:
+        parts.scaler.step(parts.optimizer)
+    else:
+        groups = parts.optimizer.param_groups
+        base = [g["lr"] for g in groups]
+        for g in groups:
+            g["lr"] = g["lr"] * factor
+        parts.scaler.step(parts.optimizer)
+        for g, lr in zip(groups, base):
+            g["lr"] = lr
+    parts.scaler.update()
+
+
+class _StopDuringEval(Exception):
+    pass
+
+
+def evaluate_loader(model: nn.Module, loader: Any, setup: DeviceSetup, ctx: DistContext | None = None,
+                    stopper: Stopper | None = None) -> tuple[float, float, np.ndarray, np.ndarray]:
+    """Mean cross-entropy (no smoothing), accuracy, labels and softmax probabilities, in loader order.
+
+    Under torchrun each rank scores its shard and the shards are gathered (DistributedSampler pads
+    the last shard with repeats; they are dropped by index). A stop request on a single process
+    raises `_StopDuringEval` (the test pass is not resumable midway; the epoch's training is saved).
+    """
+    ctx = ctx or DistContext()
+    order = loader.order() if ctx.enabled else None
+    model.eval()
+    losses, probs, labels = [], [], []
+    with torch.no_grad(), setup.autocast():
+        for x, y in loader:
+            if stopper is not None and stopper.requested and not ctx.enabled:
+                raise _StopDuringEval
+            logits = model(setup.batch(x)).float()
+            losses.append(F.cross_entropy(logits, y, reduction="none").double().cpu())
+            probs.append(torch.softmax(logits, 1).cpu())
+            labels.append(y.cpu())
+    loss = torch.cat(losses).numpy()
+    p = torch.cat(probs).numpy()
+    t = torch.cat(labels).numpy()
+    if ctx.enabled:
+        assert order is not None
+        parts = ctx.gather((order[:len(t)], loss, t, p))
+        idx = np.concatenate([part[0] for part in parts])
+        _, first = np.unique(idx, return_index=True)  # sorted by test index, repeats dropped
+        loss, t, p = (np.concatenate([part[i] for part in parts])[first] for i in (1, 2, 3))
+    n = max(len(t), 1)
+    return float(loss.sum() / n), float((p.argmax(1) == t).mean()), t, p
+
+
+def evaluate_or_stop(parts: Parts, loader: Any, setup: DeviceSetup, ctx: DistContext, stopper: Stopper,
+                     epoch: int, steps: int, sums: EpochSums) -> tuple[float, float, np.ndarray, np.ndarray]:
+    """Score the test set after an epoch. Under torchrun BatchNorm running statistics differ between
+    ranks (DDP syncs buffers only before each forward), so rank 0's are broadcast first: every rank
+    then scores its shard with the same model, and the end-of-run weight digests agree."""
+    ctx.broadcast_buffers(parts.bare)
+    try:
+        return evaluate_loader(parts.eval_model, loader, setup, ctx, stopper)
+    except _StopDuringEval:
+        raise StopRequested(stopper.requested or "SIGTERM", Partial(
+            epoch, steps, sums.loss_sum, sums.correct, sums.seen, sums.seconds, ctx.world)) from None

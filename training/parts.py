@@ -1,0 +1,137 @@
+"""The pieces a run trains with, built once: model, step model, optimizer, scheduler, scaler,
+loss, loaders.
+
+`bare` is the model itself (weights, checkpoints, digests); `step` is what a training step calls:
+the same module wrapped in DistributedDataParallel under torchrun and/or torch.compile'd.
+Evaluation uses `bare` under torchrun (each rank scores its own test shard; DDP's forward would
+expect a matching backward) and `step` otherwise.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from common.config import OptimConfig, TrainConfig
+from models import build_model
+from training.device import DeviceSetup
+from training.distributed import DistContext
+
+EVAL_BATCH = 500
+# FFCV's threads and the model's intra-op threads share the cores on CPU; on CUDA the loader's
+# threads only decode and augment, and more than this has not been seen to help (FFCV's own
+# examples use 8-12 per GPU).
+MAX_CUDA_WORKERS = 12
+
+
+@dataclass
+class Parts:
+    bare: nn.Module
+    step: nn.Module
+    optimizer: torch.optim.SGD
+    scheduler: torch.optim.lr_scheduler.ReduceLROnPlateau
+    scaler: torch.amp.GradScaler
+    criterion: nn.Module
+    distributed: bool
+
+    @property
+    def eval_model(self) -> nn.Module:
+        return self.bare if self.distributed else self.step
+
+    @property
+    def lr(self) -> float:
+        return float(self.optimizer.param_groups[0]["lr"])
+
+
+def build_optimizer(model: nn.Module, optim: OptimConfig, device: torch.device, world: int = 1) -> torch.optim.SGD:
+    """SGD; fused on CUDA (one kernel for all parameters instead of a loop of launches).
+    `--scale-lr` multiplies the lr by the number of processes (Goyal et al.'s linear rule)."""
+    lr = optim.lr * (world if optim.scale_lr else 1)
+    return torch.optim.SGD(model.parameters(), lr=lr, momentum=optim.momentum, weight_decay=optim.weight_decay,
+                           fused=device.type == "cuda" or None)
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, optim: OptimConfig) -> torch.optim.lr_scheduler.ReduceLROnPlateau:
+    """Stepped once per epoch with the deciding loss (relative threshold, as torch's default mode)."""
+    return torch.optim.lr_scheduler.ReduceLROnPlateau(
+        optimizer, mode="min", factor=optim.plateau_factor, patience=optim.plateau_patience,
+        threshold=optim.plateau_threshold)
+
+
+def warmup_factor(optim: OptimConfig, global_step: int) -> float:
+    """Linear warm-up: step t of the run trains at lr × (t + 1) / N for t < N. Applied around each
+    optimizer step (training/epoch.py) rather than written into the optimizer, so the plateau
+    scheduler and the checkpoint only ever see the base lr, and resume needs no extra state."""
+    n = optim.warmup_steps
+    return 1.0 if n <= 0 or global_step >= n else (global_step + 1) / n
+
+
+def build_parts(cfg: TrainConfig, setup: DeviceSetup, ctx: DistContext) -> Parts:
+    model = build_model(cfg.model).to(setup.device)
+    if setup.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    optimizer = build_optimizer(model, cfg.optim, setup.device, ctx.world)
+    step: nn.Module = model
+    if ctx.enabled:
+        from torch.nn.parallel import DistributedDataParallel
+
+        # device_ids only on CUDA: DDP on CPU (gloo) takes None, and [None] is an error.
+        ids = [setup.device.index] if setup.device.type == "cuda" else None
+        step = DistributedDataParallel(model, device_ids=ids)
+    if cfg.run.compile:
+        step = torch.compile(step)  # type: ignore[assignment]  # compile returns a callable module
+    return Parts(bare=model, step=step, optimizer=optimizer, scheduler=build_scheduler(optimizer, cfg.optim),
+                 scaler=torch.amp.GradScaler(setup.device.type, enabled=setup.use_scaler),
+                 criterion=nn.CrossEntropyLoss(label_smoothing=cfg.optim.label_smoothing),
+                 distributed=ctx.enabled)
+
+
+def loader_workers(requested: int | None, device: torch.device, ctx: DistContext) -> int:
+    if requested is not None:
+        return requested
+    from pipeline.loader import available_cpus
+
+    share = available_cpus() // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", ctx.world)))
+    if device.type == "cuda":
+        share = min(share, MAX_CUDA_WORKERS)
+    return max(1, share)
+
+
+def make_split_loader(kind: str, data_dir: str | Path, split: str, batch_size: int, aug: Any, seed: int,
+                      device: torch.device, workers: int | None, subset: int | None, distributed: bool) -> Any:
+    """One split's loader on the chosen path: "ffcv" (pipeline/loader.py) or "torch"
+    (pipeline/torch_loader.py); both iterate (images, labels) the same way."""
+    if kind == "ffcv":
+        from pipeline.loader import make_loader
+
+        return make_loader(data_dir, split, batch_size, aug, seed=seed, device=device, workers=workers,
+                           subset=subset, copy=False, distributed=distributed)
+    from pipeline.torch_loader import make_torch_loader
+
+    return make_torch_loader(data_dir, split, batch_size, aug, seed=seed, device=device, workers=workers,
+                             subset=subset, copy=False, distributed=distributed)
+
+
+@dataclass
+class Loaders:
+    train: Any
+    test: Any
+    kind: str  # "ffcv" or "torch"
+    reason: str  # one clause: why this path (--loader, or what auto found)
+
+
+def build_loaders(cfg: TrainConfig, setup: DeviceSetup, ctx: DistContext) -> Loaders:
+    from pipeline.loader_choice import resolve_loader
+
+    kind, reason = resolve_loader(cfg.data.loader, setup.device, cfg.data.data_dir)
+    workers = loader_workers(cfg.data.workers, setup.device, ctx)
+    train = make_split_loader(kind, cfg.data.data_dir, "train", cfg.optim.batch_size, cfg.augment, cfg.run.seed,
+                              setup.device, workers, cfg.data.subset, ctx.enabled)
+    test = make_split_loader(kind, cfg.data.data_dir, "test", EVAL_BATCH, None, cfg.run.seed, setup.device,
+                             workers, cfg.data.test_subset, ctx.enabled)
+    return Loaders(train, test, kind, reason)

@@ -1,0 +1,118 @@
+"""What a run knows between steps: epochs done, best so far, rows, wall time, a mid-epoch stop.
+
+`TrainState.checkpoint(parts)` is everything `last.pt` holds and `TrainState.restore` puts it
+back, so a run resumed from `last.pt` on the CPU produces the same metrics (timing columns aside)
+and the same weights as one never interrupted: the loader's order and augmentation are pure
+functions of (seed, epoch, index), and the checkpoint carries model, optimizer, scheduler, scaler
+and RNG state.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from common.errors import UserError
+from training.parts import Parts
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def rng_state() -> dict[str, Any]:
+    state: dict[str, Any] = {"torch": torch.get_rng_state(), "python": random.getstate()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    """Restore what this machine has: a checkpoint from a box with more GPUs carries more CUDA
+    generator states than there are devices here (torch's set_rng_state_all would fail), and one
+    from a CPU run carries none. Nothing random runs on the GPU in this toolkit (augmentation is
+    hashed on the host), so the CUDA states only matter for bit-identical resumes on the same box."""
+    torch.set_rng_state(state["torch"])
+    random.setstate(state["python"])
+    if "cuda" in state and torch.cuda.is_available():
+        for index, cuda_state in enumerate(state["cuda"][:torch.cuda.device_count()]):
+            torch.cuda.set_rng_state(cuda_state, index)
+
+
+@dataclass
+class Partial:
+    """Where a SIGINT/SIGTERM stopped an epoch: the resumed run skips `step` batches and carries
+    on with these global running sums."""
+
+    epoch: int  # 0-based epoch that was stopped
+    step: int  # steps done in it
+    loss_sum: float
+    correct: float
+    seen: float
+    seconds: float  # train seconds spent in it before the stop
+    world: int  # processes then: the shards (and so the skipped batches) depend on it
+
+
+@dataclass
+class TrainState:
+    run_id: str
+    epoch: int = 0  # epochs finished
+    best_acc: float = -1.0  # on the split that chooses best.pt
+    best_epoch: int = 0
+    wall_before: float = 0.0  # wall seconds spent by earlier processes of this run
+    rows: list[dict[str, float]] = field(default_factory=list)
+    partial: Partial | None = None
+    started: float = field(default_factory=time.perf_counter)  # this process's start
+
+    @property
+    def wall_seconds(self) -> float:
+        return self.wall_before + time.perf_counter() - self.started
+
+    def record(self, row: dict[str, float], score: float) -> bool:
+        """Add an epoch's row; True when `score` beats the best so far (best.pt is then this epoch)."""
+        self.rows.append(row)
+        self.epoch = int(row["epoch"])
+        if score > self.best_acc:
+            self.best_acc, self.best_epoch = score, self.epoch
+            return True
+        return False
+
+    def checkpoint(self, parts: Parts, partial: Partial | None = None) -> dict[str, Any]:
+        return {"run_id": self.run_id, "model": parts.bare.state_dict(), "optimizer": parts.optimizer.state_dict(),
+                "scheduler": parts.scheduler.state_dict(), "scaler": parts.scaler.state_dict(), "rng": rng_state(),
+                "epoch": self.epoch if partial is None else partial.epoch, "best_acc": self.best_acc,
+                "best_epoch": self.best_epoch, "wall_seconds": self.wall_seconds,
+                "partial": asdict(partial) if partial is not None else None}
+
+    @classmethod
+    def restore(cls, saved: dict[str, Any], parts: Parts, rows: list[dict[str, float]], where: str) -> TrainState:
+        """Load a checkpoint into `parts`; `where` names the file in error messages."""
+        try:
+            parts.bare.load_state_dict(saved["model"])
+            parts.optimizer.load_state_dict(saved["optimizer"])
+            parts.scheduler.load_state_dict(saved["scheduler"])
+        except (RuntimeError, KeyError, ValueError):
+            raise UserError(f"{where} does not match this run's config; the run directory mixes files from "
+                            "different runs") from None
+        restore_scaler(parts.scaler, saved.get("scaler") or {})
+        set_rng_state(saved["rng"])
+        epoch = int(saved["epoch"])
+        partial = Partial(**saved["partial"]) if saved.get("partial") else None
+        return cls(run_id=str(saved.get("run_id", "")), epoch=epoch, best_acc=float(saved["best_acc"]),
+                   best_epoch=int(saved["best_epoch"]), wall_before=float(saved.get("wall_seconds", 0.0)),
+                   rows=[r for r in rows if r["epoch"] <= epoch], partial=partial)
+
+
+def restore_scaler(scaler: torch.amp.GradScaler, saved: dict[str, Any]) -> None:
+    """A run moved between precisions keeps going: a bf16 or CPU checkpoint holds an empty scaler
+    state, which an enabled fp16 scaler refuses to load (it then starts from its defaults, as a new
+    run would); a disabled scaler ignores whatever was saved."""
+    if scaler.is_enabled() and saved:
+        scaler.load_state_dict(saved)
