@@ -98,8 +98,10 @@ def train(
                        overrides=given_environment(flags) if resume is not None else None)
     if not result.main:
         return
-    typer.echo(f"done: best test accuracy {100 * result.best_acc:.2f}% at epoch {result.best_epoch}; "
-               f"{result.epochs_done} epochs in {duration(result.seconds, compact=True)}; run in {result.run.path}")
+    typer.echo(f"done: best epoch {result.best_epoch} chosen on {result.decided_on} ({result.decided_on} accuracy "
+               f"{100 * result.best_acc:.2f}%); test accuracy at that epoch {100 * result.best_test_acc:.2f}%; final test "
+               f"accuracy {100 * result.final_test_acc:.2f}%; {result.epochs_done} epochs in "
+               f"{duration(result.seconds, compact=True)}; run in {result.run.path}")
 
 
 @app.command()
@@ -109,17 +111,19 @@ def compare(
     norms: str | None = typer.Option(None, help="Comma-separated normalisations to train, e.g. batch,group,layer (default: those of --runs, else all three)."),
     runs: list[str] = typer.Option([], help="Finished runs to reuse instead of training their norms: repeat the flag or give a comma-separated list."),
     run: Path | None = typer.Option(None, "--run", "--run-dir", help="Comparison folder (default runs/compare-<timestamp>); each norm's run is a subfolder. Re-run the same command to resume it. Spell it --run-dir under torchrun."),
+    seeds: str | None = typer.Option(None, help="Train each norm with each of these seeds, e.g. 0,1,2 (default: --seed alone); the table then reports mean ± sd and paired differences with 95% intervals."),
     **flags: Any,
 ) -> None:
     """Normalisation study: one run per norm with identical settings and seed, one overlay figure and table."""
     from cli_flags import train_config
     from training.compare import compare as run_compare
-    from training.compare import parse_norms
+    from training.compare import parse_norms, parse_seeds
 
     cfg = train_config(flags)
     chosen = parse_norms(norms) if norms is not None else (None if runs else ["batch", "group", "layer"])
     reuse = [Path(p) for value in runs for p in value.split(",") if p]
-    result = run_compare(chosen, cfg, run, runs=reuse, log=typer.echo, progress=not flags["quiet"])
+    result = run_compare(chosen, cfg, run, runs=reuse, log=typer.echo, progress=not flags["quiet"],
+                         seeds=parse_seeds(seeds) if seeds is not None else None)
     if not result.main:  # torchrun ranks other than 0 train but do not write or print
         return
     from analysis.comparison import write_comparison

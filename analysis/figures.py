@@ -8,7 +8,7 @@ one encoder setting.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -85,27 +85,44 @@ def throughput_figure(rows: list[dict[str, float]]) -> Any:
     return fig
 
 
-def comparison_figure(series: dict[str, list[dict[str, float]]], title: str) -> Any:
-    """Loss and accuracy against epoch: one colour per norm, train dashed, test solid."""
+def comparison_figure(series: Mapping[str, Sequence[list[dict[str, float]]]], title: str) -> Any:
+    """Loss and accuracy against epoch: one colour per norm, train dashed, test solid.
+
+    `series` maps each norm to its runs' metrics rows (one run per seed). A norm with one run is drawn
+    as it is; with several, the curve is the mean over the runs that reached each epoch and a shaded
+    band spans their minimum to maximum (a legend entry says over how many seeds)."""
     from matplotlib.lines import Line2D
+    from matplotlib.patches import Patch
 
     fig = new_figure(10, 4.2)
     ax_loss, ax_acc = fig.subplots(1, 2)
-    handles = []
-    for key, rows in series.items():
+    handles: list[Any] = []
+    counts = sorted({len(runs) for runs in series.values() if runs})
+    for key, runs in series.items():
+        runs = [rows for rows in runs if rows]
+        if not runs:
+            continue
         colour = NORM_COLOURS.get(key)
-        epochs = [r["epoch"] for r in rows]
+        epochs = sorted({int(r["epoch"]) for rows in runs for r in rows})
         # Markers (hollow = train, filled = test) keep a 1-epoch comparison readable: no lines then.
-        marker = "o" if len(rows) < 12 else None
+        marker = "o" if len(epochs) < 12 else None
         for ax, metric, scale in ((ax_loss, "loss", 1.0), (ax_acc, "acc", 100.0)):
-            ax.plot(epochs, [scale * r[f"train_{metric}"] for r in rows], "--", color=colour, marker=marker,
-                    markersize=5, markerfacecolor="white")
-            ax.plot(epochs, [scale * r[f"test_{metric}"] for r in rows], "-", color=colour, marker=marker,
-                    markersize=5)
-        handles.append(Line2D([], [], color=colour, lw=2, label=NORM_LABELS.get(key, key)))
+            for split, style, face, alpha in (("train", "--", "white", 0.08), ("test", "-", None, 0.18)):
+                values = _per_epoch(runs, epochs, f"{split}_{metric}", scale)
+                mean = [float(np.mean(v)) if v else np.nan for v in values]
+                ax.plot(epochs, mean, style, color=colour, marker=marker, markersize=5,
+                        **({"markerfacecolor": face} if face else {}))
+                if len(runs) > 1:
+                    ax.fill_between(epochs, [min(v) if v else np.nan for v in values],
+                                    [max(v) if v else np.nan for v in values], color=colour, alpha=alpha, lw=0)
+        label = NORM_LABELS.get(key, key)
+        handles.append(Line2D([], [], color=colour, lw=2, label=label if len(runs) == 1 else f"{label} (mean)"))
     handles += [Line2D([], [], color="0.3", ls="--", marker="o", markerfacecolor="white", label="train"),
                 Line2D([], [], color="0.3", marker="o", label="test")]
-    last = int(max((r["epoch"] for rows in series.values() for r in rows), default=1))
+    if counts and counts[-1] > 1:
+        span = str(counts[-1]) if len(counts) == 1 else f"{counts[0]}–{counts[-1]}"
+        handles.append(Patch(color="0.3", alpha=0.25, label=f"band: min–max over {span} seeds"))
+    last = int(max((r["epoch"] for runs in series.values() for rows in runs for r in rows), default=1))
     ax_loss.set(xlabel="epoch", ylabel="cross-entropy loss", title="loss")
     ax_acc.set(xlabel="epoch", ylabel="accuracy (%)", title="accuracy")
     for ax in (ax_loss, ax_acc):
@@ -116,6 +133,17 @@ def comparison_figure(series: dict[str, list[dict[str, float]]], title: str) -> 
         else:
             ax.xaxis.get_major_locator().set_params(integer=True)
     fig.suptitle(title, fontsize=10)
-    fig.legend(handles=handles, loc="lower center", ncol=len(handles), fontsize=8, frameon=False)
-    fig.tight_layout(rect=(0, 0.07, 1, 1))
+    fig.legend(handles=handles, loc="lower center", ncol=min(len(handles), 6), fontsize=8, frameon=False)
+    fig.tight_layout(rect=(0, 0.07 if len(handles) <= 6 else 0.11, 1, 1))
     return fig
+
+
+def _per_epoch(runs: Sequence[list[dict[str, float]]], epochs: list[int], key: str, scale: float) -> list[list[float]]:
+    """For each epoch, the finite values of `key` (times scale) of the runs that reached it."""
+    by_epoch: dict[int, list[float]] = {e: [] for e in epochs}
+    for rows in runs:
+        for r in rows:
+            value = r.get(key)
+            if isinstance(value, (int, float)) and np.isfinite(value):
+                by_epoch[int(r["epoch"])].append(scale * float(value))
+    return [by_epoch[e] for e in epochs]

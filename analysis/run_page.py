@@ -70,14 +70,17 @@ def run_document(run: RunDir, records: RunRecords, failures: dict[str, str]) -> 
     """The page for a run; `failures` are the ensure step's (section id → why it could not run)."""
     config, rows, summary = records.config, records.rows, records.summary
     notes: list[str] = []
+    decided_on = summary.decided_on or "test"  # runs from before the validation split decided on test
     best = max(rows, key=lambda r: r["test_acc"])
-    best_acc = summary.best_acc if summary.best_acc is not None else best["test_acc"]
     best_epoch = summary.best_epoch if summary.best_epoch is not None else best["epoch"]
+    at_best = next((r for r in rows if r["epoch"] == best_epoch), best)
     epochs_total = summary.epochs or records.train.optim.epochs
     wall = summary.wall_seconds if summary.wall_seconds is not None else sum(r["seconds"] for r in rows)
     facts: list[tuple[Any, Any]] = [
         ("status", status_badge(summary.status.value)),
-        ("best test accuracy", f"{percent(best_acc)} · epoch {best_epoch}"),
+        ("best epoch", f"{best_epoch}, chosen on {decided_on}"
+                       + (f" (validation accuracy {percent(summary.best_acc)})" if decided_on == "validation" else "")),
+        ("test accuracy at the best epoch", percent(at_best["test_acc"])),
         ("final test accuracy", percent(rows[-1]["test_acc"])),
         ("epochs", f"{rows[-1]['epoch']} / {epochs_total}" if epochs_total else str(rows[-1]["epoch"])),
         ("wall time", duration(wall)),
@@ -87,7 +90,7 @@ def run_document(run: RunDir, records: RunRecords, failures: dict[str, str]) -> 
     sections = [
         Section("config", "Run configuration", _config_body(config)),
         Section("data", "Data", _data_body(config, notes)),
-        Section("metrics", "Training curves and metrics", _metrics_body(run, rows, int(best["epoch"]), notes)),
+        Section("metrics", "Training curves and metrics", _metrics_body(run, rows, int(best_epoch), decided_on, notes)),
         Section("evaluation", "Per-class accuracy and confusion matrix",
                 _evaluation_body(run, failures.get("evaluation"), notes)),
         Section("explain", "Misclassified images and Grad-CAM", _explain_body(run, failures.get("explain"), notes)),
@@ -180,7 +183,7 @@ def _manifest_parts(data: DataRecord, notes: list[str]) -> list[Raw]:
     return parts
 
 
-def _metrics_body(run: RunDir, rows: list[dict[str, float]], best_epoch: int, notes: list[str]) -> Raw:
+def _metrics_body(run: RunDir, rows: list[dict[str, float]], best_epoch: int, decided_on: str, notes: list[str]) -> Raw:
     if run.curves_path.is_file():
         curves = figure(run.curves_path.read_bytes(), "training curves",
                         "curves.png: train (dashed) and test (solid) loss and accuracy per epoch; dotted lines mark LR drops")
@@ -188,12 +191,17 @@ def _metrics_body(run: RunDir, rows: list[dict[str, float]], best_epoch: int, no
         notes.append(f"{run.curves_path.name} is missing; curves were redrawn from metrics.csv")
         curves = figure(figure_png(curves_figure(rows, f"run {run.path.name}")), "training curves",
                         "redrawn from metrics.csv (curves.png is missing): train dashed, test solid")
-    body = [[r["epoch"], f"{r['train_loss']:.4f}", percent(r["train_acc"]), f"{r['test_loss']:.4f}",
-             percent(r["test_acc"]), f"{r['lr']:g}", f"{r['seconds']:,.1f}", f"{r['img_per_s']:,.1f}"] for r in rows]
-    return join([curves, table(["epoch", "train loss", "train acc", "test loss", "test acc", "lr", "seconds", "img/s"],
-                               body, num=range(8),
+    has_val = decided_on == "validation"
+    body = [[r["epoch"], f"{r['train_loss']:.4f}", percent(r["train_acc"]),
+             *([f"{r.get('val_loss', float('nan')):.4f}", percent(r.get("val_acc"))] if has_val else []),
+             f"{r['test_loss']:.4f}", percent(r["test_acc"]), f"{r['lr']:g}", f"{r['seconds']:,.1f}",
+             f"{r['img_per_s']:,.1f}"] for r in rows]
+    header = ["epoch", "train loss", "train acc", *(["val loss", "val acc"] if has_val else []), "test loss",
+              "test acc", "lr", "seconds", "img/s"]
+    return join([curves, table(header, body, num=range(len(header)),
                                row_classes=["best" if r["epoch"] == best_epoch else None for r in rows],
-                               caption="metrics.csv (best test accuracy highlighted)")])
+                               caption=f"metrics.csv (the best epoch, chosen on {decided_on}, highlighted; the LR "
+                                       f"schedule followed the {decided_on} loss)")])
 
 
 def _evaluation_body(run: RunDir, failure: str | None, notes: list[str]) -> Raw:

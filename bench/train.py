@@ -118,6 +118,42 @@ def bench_train(data_dir: str | Path = "data", batch_size: int = 128, steps: int
             "machine": machine()}
 
 
+_ISOLATED = """
+import json, sys, time
+sys.path.insert(0, {root!r})
+import torch
+from bench.train import _steps_rate, _synthetic
+from training.device import DeviceSetup
+device = torch.device({device!r})
+variant = DeviceSetup(device, {dtype}, {channels_last!r}, False)
+t0 = time.perf_counter()
+rate = _steps_rate(_synthetic({batch_size}, device), variant, {warmup}, {steps}, {norm!r}, compile={compiled!r})
+print(json.dumps([rate, time.perf_counter() - t0]))
+"""
+
+
+def _isolated_rate(setup: DeviceSetup, dtype: torch.dtype | None, batch_size: int, warmup: int, steps: int,
+                   norm: str, compiled: bool) -> tuple[float, float]:
+    """(img/s, wall seconds incl. warm-up) of one configuration in a fresh Python process.
+
+    Measured here: in one process, everything timed after a torch.compile'd model (and, in `bench
+    gpu`, after FFCV's threads had run) ran at ~37 img/s where a fresh process gives 100-105 fp32 and
+    195 bf16 on the 2-core box: compile workers and other thread pools stay behind and compete.
+    """
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    code = _ISOLATED.format(root=str(Path(__file__).resolve().parents[1]), device=str(setup.device),
+                            dtype="torch.bfloat16" if dtype is torch.bfloat16 else "None",
+                            channels_last=setup.channels_last, batch_size=batch_size, warmup=warmup, steps=steps,
+                            norm=norm, compiled=compiled)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=1800, check=True)
+    rate, total = json.loads(out.stdout.strip().splitlines()[-1])
+    return float(rate), float(total)
+
+
 def _precision_grid(setup: DeviceSetup, batch_size: int, warmup: int, steps: int, norm: str, epoch_images: int,
                     log: Callable[[str], None]) -> list[dict[str, Any]]:
     """Model-only steps in fp32 and bf16 (where the device has it natively), eager and compiled,
@@ -129,13 +165,10 @@ def _precision_grid(setup: DeviceSetup, batch_size: int, warmup: int, steps: int
     if setup.device.type == "cuda" or cpu_has_native_bf16():
         dtypes.append(torch.bfloat16)
     rows: list[dict[str, Any]] = []
-    log(f"(d) precision and compile, model only, {steps} steps after {warmup + 2} warm-up:")
+    log(f"(d) precision and compile, model only, {steps} steps after {warmup + 2} warm-up, each in a fresh process:")
     for dtype in dtypes:
         for compiled in (False, True):
-            variant = DeviceSetup(setup.device, dtype, setup.channels_last, False)
-            t0 = time.perf_counter()
-            rate = _steps_rate(_synthetic(batch_size, setup.device), variant, warmup + 2, steps, norm, compile=compiled)
-            total = time.perf_counter() - t0
+            rate, total = _isolated_rate(setup, dtype, batch_size, warmup + 2, steps, norm, compiled)
             first_steps = max(0.0, total - steps * batch_size / rate)  # warm-up wall time, compile included
             epoch_s = first_steps + epoch_images / rate
             precision = "fp32" if dtype is None else "bf16"

@@ -9,7 +9,11 @@ it. Both go through this module, so the file names and the record's keys are spe
       comparison.png    train (dashed) and test (solid) loss and accuracy per epoch, one colour per norm
       comparison.json   {"rows": [...], "settings": {...}}: the table, machine-readable
       comparison.md     the table as GitHub markdown
-      <norm>/           each trained norm's run directory (a reused run stays where it was)
+      <norm>/           each trained norm's run directory (a reused run stays where it was);
+      <norm>-seed<k>/   ... with several --seeds, one per (norm, seed); compare.json's `runs` keys
+                        name them the same way, and settings["seeds"] lists the seeds
+      comparison.json also holds, with several seeds, "seed_summary", "paired_differences",
+      "interval" and "left_out" (analysis/comparison.py, analysis/seed_stats.py)
 """
 
 from __future__ import annotations

@@ -129,6 +129,10 @@ class OptimConfig:
 class DataConfig:
     data_dir: str = "data"
     subset: int | None = None  # first N training images
+    # Held out of training (class-stratified, from --seed; pipeline/val_split.py): the plateau
+    # scheduler and best.pt are decided on it, so the test set decides nothing. 0 = decide on test;
+    # None = 5,000, or a tenth of the training images when --subset leaves fewer than 50,000.
+    val: int | None = None
     test_subset: int | None = None  # first N test images (a full test pass costs ~4 min on 2 CPU cores)
     workers: int | None = None  # FFCV numba threads; None = the cores this process may use
     # Data path: "ffcv" (numba threads on the host), "torch" (tensor ops on the training device,
@@ -136,6 +140,8 @@ class DataConfig:
     loader: str = "auto"
 
     def validate(self) -> None:
+        if self.val is not None and self.val < 0:
+            raise UserError(f"--val must be >= 0, got {self.val}")
         if self.subset is not None and self.subset < 1:
             raise UserError(f"--subset must be at least 1, got {self.subset}")
         if self.test_subset is not None and self.test_subset < 1:
@@ -151,7 +157,7 @@ class RunConfig:
     run_dir: str = ""
     seed: int = 0
     device: str = "auto"
-    amp: bool | None = None  # None = the device's default: bf16/fp16 autocast on CUDA, fp32 on CPU
+    amp: bool | None = None  # None = the device's default: autocast on CUDA and on CPUs with native bf16
     channels_last: bool | None = None  # None = best measured default for the device
     compile: bool = False
     tensorboard: bool = True  # event files under RUN/tb/ (metrics.csv stays the source of truth)
@@ -191,8 +197,11 @@ class TrainConfig:
                 kwargs["fill"] = tuple(kwargs["fill"])
             return kind(**kwargs)
 
+        data = build(DataConfig, raw.get("data"))
+        if "val" not in (raw.get("data") or {}):
+            data.val = 0  # written before the validation split existed: those runs decided on test
         return cls(
-            data=build(DataConfig, raw.get("data")),
+            data=data,
             augment=build(AugmentConfig, raw.get("augment")),
             model=build(ModelConfig, raw.get("model")),
             optim=build(OptimConfig, raw.get("optim")),
@@ -216,6 +225,7 @@ def apply_recipe(cfg: TrainConfig, recipe: str) -> TrainConfig:
     if recipe == "default":
         return cfg
     if recipe == "assignment":
+        cfg.data.val = 0  # the original decided on the test set: plateau on test loss, best on test
         cfg.model.shortcut_norm = "batch"
         cfg.model.zero_init = False
         cfg.augment.border = "reflect"

@@ -42,6 +42,9 @@ class RunSummary:
     epochs: int | None = None
     best_acc: float | None = None  # accuracy of the epoch `best.pt` holds, on the split that chose it
     best_epoch: int | None = None
+    decided_on: str | None = None  # "validation" or "test": the split behind best.pt and the LR schedule
+    best_test_acc: float | None = None  # test accuracy at best_epoch
+    final_test_acc: float | None = None
     wall_seconds: float | None = None
     error: str | None = None  # status FAILED: the one-line reason
     stopped_at: dict[str, int] | None = None  # status INTERRUPTED mid-epoch: {"epoch", "step"}

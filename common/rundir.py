@@ -32,7 +32,8 @@ from common.config import TrainConfig
 from common.errors import UserError
 from common.records import RunSummary
 
-METRIC_FIELDS = ("epoch", "train_loss", "train_acc", "test_loss", "test_acc", "lr", "seconds", "img_per_s")
+METRIC_FIELDS = ("epoch", "train_loss", "train_acc", "test_loss", "test_acc", "lr", "seconds", "img_per_s",
+                 "val_loss", "val_acc")  # val_*: empty (read as NaN) when the run has no validation split
 CHECKPOINT_FORMAT = 1
 
 
@@ -76,6 +77,23 @@ class RunDir:
     def analysis_dir(self) -> Path:
         return self.path / "analysis"
 
+    @property
+    def val_indices_path(self) -> Path:
+        return self.path / "val_indices.npy"
+
+    def write_val_indices(self, indices: np.ndarray) -> None:
+        with atomic_path(self.val_indices_path) as tmp, open(tmp, "wb") as fh:
+            np.save(fh, np.asarray(indices, dtype=np.int64))
+
+    def read_val_indices(self) -> np.ndarray | None:
+        if not self.val_indices_path.is_file():
+            return None
+        try:
+            return np.load(self.val_indices_path, allow_pickle=False)
+        except (ValueError, OSError):
+            raise UserError(f"{self.val_indices_path} is damaged; the run's validation split cannot be "
+                            "recovered: start a new run") from None
+
     def checkpoint_path(self, which: str = "last") -> Path:
         return self.path / f"{which}.pt"
 
@@ -116,7 +134,8 @@ class RunDir:
             return []
         with open(self.metrics_path, newline="") as fh:
             rows = list(csv.DictReader(fh))
-        return [{k: (int(v) if k == "epoch" else float(v)) for k, v in row.items()} for row in rows]
+        return [{k: (int(v) if k == "epoch" else float(v) if v != "" else float("nan")) for k, v in row.items()}
+                for row in rows]
 
     def write_metrics(self, rows: list[dict[str, float]]) -> None:
         # Rewritten whole (a few dozen rows) so a crash never leaves a torn line.
@@ -124,7 +143,7 @@ class RunDir:
         writer = csv.DictWriter(buf, fieldnames=METRIC_FIELDS, lineterminator="\n")
         writer.writeheader()
         for row in rows:
-            writer.writerow({k: _fmt(row[k]) for k in METRIC_FIELDS})
+            writer.writerow({k: _fmt(row.get(k)) for k in METRIC_FIELDS})
         write_text(self.metrics_path, buf.getvalue())
 
     # ---- summary -----------------------------------------------------------------------------
@@ -236,7 +255,9 @@ def latest_run(root: str | Path = "runs") -> RunDir:
     return RunDir(max(candidates, key=lambda p: (p / "last.pt").stat().st_mtime))
 
 
-def _fmt(value: float) -> str:
+def _fmt(value: float | None) -> str:
+    if value is None or value != value:  # no validation split: an empty cell
+        return ""
     if isinstance(value, int):
         return str(value)
     return f"{value:.6g}" if abs(value) >= 1e-4 or value == 0 else f"{value:.6e}"

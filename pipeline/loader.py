@@ -153,7 +153,7 @@ def device_stage(device: torch.device) -> list[Any]:
 def make_loader(data_dir: str | Path, split: str, batch_size: int, aug: AugmentConfig | None = None,
                 seed: int = 0, device: str | torch.device = "cpu", workers: int | None = None,
                 subset: int | None = None, shuffle: bool | None = None, drop_last: bool | None = None,
-                copy: bool = True, distributed: bool = False) -> CifarLoader:
+                copy: bool = True, distributed: bool = False, indices: np.ndarray | None = None) -> CifarLoader:
     """Build the train or test loader described by the data folder's manifest.
 
     Defaults follow the split: train shuffles, augments and drops the last partial batch; test
@@ -180,12 +180,14 @@ def make_loader(data_dir: str | Path, split: str, batch_size: int, aug: AugmentC
     shuffle = is_train if shuffle is None else shuffle
     drop_last = is_train if drop_last is None else drop_last
     count = manifest["splits"][split]["count"]
-    indices = None
     if subset is not None:
         if subset < 1:
             raise UserError(f"--subset must be at least 1, got {subset}")
         count = min(subset, count)
-        indices = np.arange(count)
+        indices = np.arange(count) if indices is None else indices
+    if indices is not None:  # e.g. the training set less the validation split
+        indices = np.asarray(indices, dtype=np.int64)
+        count = len(indices)
     if drop_last and count < batch_size:
         raise UserError(f"the {split} set has {count} images, fewer than one batch of {batch_size}; "
                         "lower --batch-size or raise --subset")

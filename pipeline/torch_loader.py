@@ -52,8 +52,12 @@ class TorchCifarLoader:
 
     def __init__(self, images: torch.Tensor, labels: torch.Tensor, batch_size: int, spec: AugmentSpec,
                  seed: int, shuffle: bool, drop_last: bool, info: LoaderInfo, device: torch.device,
-                 rank: int = 0, world: int = 1, compile_augment: bool = False, backend: str = "torch"):
+                 rank: int = 0, world: int = 1, compile_augment: bool = False, backend: str = "torch",
+                 index: torch.Tensor | None = None):
         self.images = images
+        # Dataset index of each held image: augmentation is hashed by it (as FFCV's op is), and
+        # order() reports it, also when the loader holds a subset such as train minus validation.
+        self.index = index if index is not None else torch.arange(len(labels), device=device)
         self.labels = labels
         self._batch_size = batch_size
         self.spec = spec
@@ -100,7 +104,7 @@ class TorchCifarLoader:
     def order(self) -> np.ndarray:
         """Dataset indices of the next epoch in the order this process will read them (its shard
         under torchrun, padded with repeats to equal length, as DistributedSampler does)."""
-        return self._order(self._epoch).numpy()
+        return self.index.cpu()[self._order(self._epoch)].numpy()
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         epoch = self._epoch
@@ -114,7 +118,7 @@ class TorchCifarLoader:
         for b in range(len(self)):
             sel = order[b * bs:(b + 1) * bs]
             images = self.images.index_select(0, sel)
-            yield self._augment(images, sel, key, self.spec), self.labels.index_select(0, sel)
+            yield self._augment(images, self.index[sel], key, self.spec), self.labels.index_select(0, sel)
 
     def _iter_numba(self, order: torch.Tensor, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         from pipeline import kernels
@@ -128,12 +132,14 @@ class TorchCifarLoader:
         fill, mean = np.asarray(spec.fill, np.float64), np.asarray(spec.mean, np.float64)
         inv_std = 1.0 / np.asarray(spec.std, np.float64)
         images = self.images.numpy()
+        index = self.index.numpy()
         order_np = order.numpy()
         bs = self._batch_size
         for b in range(len(self)):
             sel = order_np[b * bs:(b + 1) * bs]
             dst = np.empty((len(sel), 32, 32, 3), dtype=np.float32)  # a new buffer per batch
-            kernels.augment_batch(images[sel], dst, sel, self.seed, epoch, params, fill, mean, inv_std)
+            ids = index[sel]
+            kernels.augment_batch(images[sel], dst, ids, self.seed, epoch, params, fill, mean, inv_std)
             yield torch.from_numpy(dst).permute(0, 3, 1, 2), self.labels[torch.from_numpy(sel)]
 
 
@@ -165,7 +171,7 @@ def _dist_rank_world() -> tuple[int, int]:
 def make_torch_loader(data_dir: str | Path, split: str, batch_size: int, aug: AugmentConfig | None = None,
                       seed: int = 0, device: str | torch.device = "cpu", workers: int | None = None,
                       subset: int | None = None, shuffle: bool | None = None, drop_last: bool | None = None,
-                      copy: bool = True, distributed: bool = False, *,
+                      copy: bool = True, distributed: bool = False, indices: np.ndarray | None = None, *,
                       compile_augment: bool = False, augment_backend: str = "auto") -> TorchCifarLoader:
     """pipeline.loader.make_loader's twin over the prepared .npz arrays.
 
@@ -190,6 +196,8 @@ def make_torch_loader(data_dir: str | Path, split: str, batch_size: int, aug: Au
         if subset < 1:
             raise UserError(f"--subset must be at least 1, got {subset}")
         count = min(subset, count)
+    held = np.arange(count) if indices is None else np.asarray(indices, dtype=np.int64)
+    count = len(held)
     if drop_last and count < batch_size:
         raise UserError(f"the {split} set has {count} images, fewer than one batch of {batch_size}; "
                         "lower --batch-size or raise --subset")
@@ -199,6 +207,7 @@ def make_torch_loader(data_dir: str | Path, split: str, batch_size: int, aug: Au
     mean, std = manifest["train_mean"], manifest["train_std"]
     spec = AugmentSpec.from_config(aug, mean, std)
     info = LoaderInfo(split, count, list(mean), list(std), list(manifest["classes"]))
-    return TorchCifarLoader(torch.from_numpy(np.ascontiguousarray(images[:count])).to(device),
-                            torch.from_numpy(labels[:count]).to(device), batch_size, spec, seed, shuffle,
-                            drop_last, info, device, rank, world, compile_augment, backend)
+    return TorchCifarLoader(torch.from_numpy(np.ascontiguousarray(images[held])).to(device),
+                            torch.from_numpy(labels[held]).to(device), batch_size, spec, seed, shuffle,
+                            drop_last, info, device, rank, world, compile_augment, backend,
+                            index=torch.from_numpy(held).to(device))

@@ -161,7 +161,8 @@ def test_run_report_has_every_section(built):
 def test_run_report_shows_the_runs_numbers(built):
     _, text, _ = built
     header = text[text.index("<header"):text.index("</header>")]
-    assert "Run r1" in header and "finished" in header and "52.34% · epoch 2" in header
+    assert "Run r1" in header and "finished" in header and "2, chosen on test" in header  # a --val 0 run
+    assert "52.34%" in header  # the test accuracy at that epoch
     assert "3 / 3" in header and "3 min 01.5 s" in header
     metrics = text[text.index('<section id="metrics">'):text.index('<section id="evaluation">')]
     for value in ("2.0123", "25.12%", "1.8765", "41.23%", "52.34%", "50.12%", "0.003", "1.4568", "850.2", "61.2"):
@@ -351,6 +352,34 @@ def test_compare_report_rebuilds_a_missing_figure_and_table(base, tmp_path):
     table = text[text.index('<section id="comparison">'):text.index('<section id="settings">')]
     for value in ("52.34%", "53.34%", "54.34%"):
         assert value in table, value
+
+
+def test_compare_report_over_several_seeds(tmp_path):
+    """3 seeds × 2 norms (tests/test_seed_stats.py): the seed summary, the paired differences with
+    their verdicts, one row and one card per run, the epoch chosen on validation."""
+    from tests.test_seed_stats import make_seeded_compare
+
+    folder = make_seeded_compare(tmp_path / "seeds", extra_runs=True)
+    result = make_report(folder)  # comparison.json/.png are made from the runs first
+    text = result.path.read_text()
+    assert parse(text).ids == list(COMPARE_SECTIONS)
+    assert assert_self_contained(text) == result.images == 1
+    section = text[text.index('<section id="comparison">'):text.index('<section id="settings">')]
+    for value in ("mean ± sd over 3 seeds", "48.00% ± 1.00%", "48.00% ± 1.73%", "1m50.0s ± 10.0s",
+                  "batch − layer", "+1.00 pp", "[+0.75, +1.25] pp", "batch &gt; layer",
+                  "no difference detected at this budget",
+                  "95% t-interval of the mean paired difference over the seeds both norms share",
+                  "validation", "chosen on", "first-3 (interrupted)"):
+        assert value in section, value
+    assert section.count("<td>validation</td>") == 7  # every run's row says which split chose its epoch
+    assert '<tr class="best"><td>batch</td><td class="num">3</td>' in section  # highest mean
+    header = text[text.index("<header"):text.index("</header>")]
+    assert "highest mean" in header and "batch · 50.00%" in header and "0, 1, 2" in header
+    runs = text[text.index('<section id="runs">'):]
+    for s in (0, 1, 2):
+        for norm in ("batch", "layer"):
+            assert f'href="{norm}-seed{s}/"' in runs
+    assert "51.00% (epoch 3, chosen on validation)" in runs
 
 
 def test_damaged_compare_json(tmp_path):

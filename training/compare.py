@@ -78,11 +78,27 @@ class CompareResult:
     comparison: Any = None  # filled in by the caller that writes the figure and table (analysis)
 
 
+def parse_seeds(text: str) -> list[int]:
+    try:
+        seeds = [int(s) for s in text.split(",") if s.strip()]
+    except ValueError:
+        raise UserError(f"--seeds must be a comma-separated list of integers (e.g. 0,1,2), got {text!r}") from None
+    if not seeds or len(set(seeds)) != len(seeds) or min(seeds) < 0:
+        raise UserError(f"--seeds must list distinct non-negative integers (e.g. 0,1,2), got {text!r}")
+    return seeds
+
+
+def run_key(norm: str, seed: int, seeds: Sequence[int]) -> str:
+    """The run's name in compare.json and its folder: <norm> with one seed (as before), else
+    <norm>-seed<k>."""
+    return norm if len(seeds) == 1 else f"{norm}-seed{seed}"
+
+
 def compare(norms: Sequence[str] | None, base: TrainConfig, folder: str | Path | None = None,
             runs: Sequence[str | Path] = (), log: Callable[[str], None] = print,
-            progress: bool = True) -> CompareResult:
-    """Train (or reuse) one run per norm into `folder`. Under torchrun every rank trains every run
-    in one process group; rank 0 chooses the folder, holds its lock and writes compare.json."""
+            progress: bool = True, seeds: Sequence[int] | None = None) -> CompareResult:
+    """Train (or reuse) one run per norm (and seed) into `folder`. Under torchrun every rank trains
+    every run in one process group; rank 0 chooses the folder, holds its lock and writes compare.json."""
     from training.distributed import context
     from training.fit import train
 
@@ -99,14 +115,19 @@ def compare(norms: Sequence[str] | None, base: TrainConfig, folder: str | Path |
         raise UserError(f"--runs includes a {extra[0]} run but --norms is {','.join(norms)}; add {extra[0]} "
                         "to --norms or leave that run out")
     base.validate()
+    seeds = list(seeds) if seeds else [base.run.seed]
+    if len(seeds) > 1 and given:
+        raise UserError("--runs reuses single runs; with several --seeds, let compare train every (norm, seed) pair")
     chosen = folder or Path("runs") / f"compare-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
     folder = Path(ctx.broadcast(str(chosen)))  # one folder for all ranks, even across a second boundary
     record = compare_folder.CompareRecord(
-        norms=norms, runs={n: str(given[n].path.resolve()) if n in given else n for n in norms},
+        norms=norms, runs={run_key(n, s, seeds): str(given[n].path.resolve()) if n in given else run_key(n, s, seeds)
+                           for n in norms for s in seeds},
         train=_comparable(base.to_dict()),
         settings={"epochs": base.optim.epochs, "batch_size": base.optim.batch_size, "lr": base.optim.lr,
                   "seed": base.run.seed, "subset": base.data.subset, "test_subset": base.data.test_subset,
-                  "recipe": base.recipe, "data": base.data.data_dir, "shortcut_norm": base.model.shortcut_norm},
+                  "recipe": base.recipe, "data": base.data.data_dir, "shortcut_norm": base.model.shortcut_norm,
+                  "seeds": seeds, "val": base.data.val},
         created=datetime.now().isoformat(timespec="seconds"))
     with contextlib.ExitStack() as held:
         if ctx.main:
@@ -115,26 +136,29 @@ def compare(norms: Sequence[str] | None, base: TrainConfig, folder: str | Path |
             compare_folder.write_compare(folder, record)
         ctx.barrier()
         trained, reused = [], []
-        for i, norm in enumerate(norms, 1):
+        pairs = [(n, s) for n in norms for s in seeds]
+        for i, (norm, seed) in enumerate(pairs, 1):
+            key = run_key(norm, seed, seeds)
+            where = f"[{i}/{len(pairs)}] {key}"
             if norm in given:
-                log(f"[{i}/{len(norms)}] {norm}: reusing finished run {given[norm].path}")
-                reused.append(norm)
+                log(f"{where}: reusing finished run {given[norm].path}")
+                reused.append(key)
                 continue
-            run = RunDir(compare_folder.norm_dir(folder, norm))
+            run = RunDir(compare_folder.norm_dir(folder, key))
             if run.finished:
-                log(f"[{i}/{len(norms)}] {norm}: already finished in {run.path}")
-                reused.append(norm)
+                log(f"{where}: already finished in {run.path}")
+                reused.append(key)
                 continue
             if run.has_checkpoint("last"):
-                log(f"[{i}/{len(norms)}] {norm}: resuming {run.path}")
+                log(f"{where}: resuming {run.path}")
                 train(base, resume=run.path, log=log, progress=progress, lock=False)
             else:
                 cfg = TrainConfig.from_dict(base.to_dict())
-                cfg.model.norm = norm
+                cfg.model.norm, cfg.run.seed = norm, seed
                 cfg.run.run_dir = str(run.path)
-                log(f"[{i}/{len(norms)}] {norm}: training {run.path}")
+                log(f"{where}: training {run.path}")
                 train(cfg, log=log, progress=progress, lock=False)
-            trained.append(norm)
+            trained.append(key)
     return CompareResult(folder, trained, reused, main=ctx.main)
 
 

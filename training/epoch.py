@@ -7,6 +7,7 @@ The status bookkeeping for both lives in training/status.py, so this file is onl
 
 from __future__ import annotations
 
+import contextlib
 import math
 import signal
 import time
@@ -188,7 +189,10 @@ def evaluate_loader(model: nn.Module, loader: Any, setup: DeviceSetup, ctx: Dist
     order = loader.order() if ctx.enabled else None
     model.eval()
     losses, probs, labels = [], [], []
-    with torch.no_grad(), setup.autocast():
+    # On the CPU the test pass runs in fp32 even when training uses bf16 autocast: it is a small
+    # part of an epoch there, and saved predictions then equal what analysis recomputes (fp32).
+    precision = setup.autocast() if setup.device.type == "cuda" else contextlib.nullcontext()
+    with torch.no_grad(), precision:
         for x, y in loader:
             if stopper is not None and stopper.requested and not ctx.enabled:
                 raise _StopDuringEval

@@ -29,7 +29,7 @@ from common.rundir import RunDir
 from training.device import resolve_device
 from training.distributed import context, device_for
 from training.epoch import Stopper, StopRequested, evaluate_loader, evaluate_or_stop, train_epoch
-from training.parts import build_loaders, build_parts
+from training.parts import build_loaders, build_parts, holdout
 from training.progress import Progress
 from training.run_setup import check_data, check_free_space, create_run, new_run_id, open_run, record_resume
 from training.saving import finish, on_main, save_epoch
@@ -47,6 +47,9 @@ class TrainResult:
     epochs_done: int
     seconds: float
     main: bool = True  # False on torchrun ranks other than 0, which print nothing
+    decided_on: str = "test"  # the split whose accuracy chose best.pt (best_acc) and drove the LR schedule
+    best_test_acc: float = float("nan")  # test accuracy at best_epoch
+    final_test_acc: float = float("nan")
 
 
 def train(cfg: TrainConfig, resume: str | Path | None = None, extra_epochs_to: int | None = None,
@@ -71,11 +74,15 @@ def train(cfg: TrainConfig, resume: str | Path | None = None, extra_epochs_to: i
             took = held.enter_context(FolderLock(run.path, "train")).took_over
             if took:
                 log(f"took over the lock of {run.path} from a process that no longer runs ({took})")
-        loaders = build_loaders(cfg, setup, ctx)
+        split = holdout(cfg, run.read_val_indices() if saved is not None else None)
+        cfg.data.val = 0 if split.val is None else len(split.val)  # config.json records the resolved size
+        loaders = build_loaders(cfg, setup, ctx, split)
         train_loader, test_loader = loaders.train, loaders.test
+        decided_on = "validation" if loaders.val is not None else "test"
         if saved is None:
             state = TrainState(run_id=new_run_id(ctx))
-            on_main(ctx, lambda: create_run(run, cfg, state.run_id, data, setup, ctx, parts.bare, loaders.kind))
+            on_main(ctx, lambda: create_run(run, cfg, state.run_id, data, setup, ctx, parts.bare, loaders.kind,
+                                            split.val))
         else:
             state = _resume(ctx, run, cfg, parts, saved, loaders.kind)
             on_main(ctx, lambda: record_resume(run, cfg, setup, ctx, state.epoch, loaders.kind))
@@ -93,20 +100,27 @@ def train(cfg: TrainConfig, resume: str | Path | None = None, extra_epochs_to: i
                 t_eval = time.perf_counter()
                 test_loss, test_acc, labels, probs = evaluate_or_stop(parts, test_loader, setup, ctx, stopper,
                                                                       epoch, steps, sums)
-                parts.scheduler.step(test_loss)
+                val_loss, val_acc = (evaluate_or_stop(parts, loaders.val, setup, ctx, stopper, epoch, steps, sums)[:2]
+                                     if loaders.val is not None else (None, None))
+                # The split that decides: validation when held out, else (--val 0) the test set.
+                loss, acc = (val_loss, val_acc) if val_loss is not None and val_acc is not None else (test_loss, test_acc)
+                parts.scheduler.step(loss)
                 row = {"epoch": epoch + 1, "train_loss": sums.loss, "train_acc": sums.acc, "test_loss": test_loss,
                        "test_acc": test_acc, "lr": lr, "seconds": sums.seconds + time.perf_counter() - t_eval,
-                       "img_per_s": sums.seen / max(sums.seconds, 1e-9)}
-                improved = state.record(row, test_acc)
+                       "img_per_s": sums.seen / max(sums.seconds, 1e-9), "val_loss": val_loss, "val_acc": val_acc}
+                improved = state.record(row, acc)
                 on_main(ctx, functools.partial(save_epoch, run, state, parts, labels, probs, improved,
-                                               cfg.optim.epochs, _title(cfg, run), tensorboard))
+                                               cfg.optim.epochs, _title(cfg, run), decided_on, tensorboard))
                 log(_epoch_line(row, cfg.optim.epochs, improved))
                 if stopper.agreed(ctx) and epoch + 1 < cfg.optim.epochs:
                     raise StopRequested(stopper.requested or "SIGTERM", None)
         if tensorboard is not None:
             tensorboard.close()
-        finish(ctx, run, state, parts, cfg.optim.epochs)
-    return TrainResult(run, state.best_acc, state.best_epoch, cfg.optim.epochs, state.wall_seconds, main=ctx.main)
+        finish(ctx, run, state, parts, cfg.optim.epochs, decided_on)
+    best = state.best_row or {}
+    return TrainResult(run, state.best_acc, state.best_epoch, cfg.optim.epochs, state.wall_seconds, main=ctx.main,
+                       decided_on=decided_on, best_test_acc=best.get("test_acc", float("nan")),
+                       final_test_acc=state.rows[-1]["test_acc"] if state.rows else float("nan"))
 
 
 # ---- small pieces the loop reads better without --------------------------------------------------
@@ -166,13 +180,17 @@ def _header(run: RunDir, cfg: TrainConfig, setup: Any, ctx: Any, loaders: Any, s
     partial = f" (epoch {start} from step {state.partial.step + 1})" if state.partial else ""
     note = f"; {setup.note}" if setup.note else ""
     return (f"run {run.path}: ResNet-18 ({cfg.model.norm} norm{shortcut}) on {setup.describe()}{ranks}; "
-            f"{loaders.train.info.count:,} train / {loaders.test.info.count:,} test images, {steps} steps/epoch of "
+            f"{loaders.train.info.count:,} train / {loaders.test.info.count:,} test images"
+            + (f" / {loaders.val.info.count:,} validation (decides the LR and best.pt)" if loaders.val else
+               " (no validation split: the test set decides the LR and best.pt)")
+            + f", {steps} steps/epoch of "
             f"{cfg.optim.batch_size}, epochs {start}-{cfg.optim.epochs}{partial}; {loaders.kind} loader "
             f"({loaders.reason}){note}")
 
 
-def _epoch_line(row: dict[str, float], epochs: int, improved: bool) -> str:
+def _epoch_line(row: dict[str, Any], epochs: int, improved: bool) -> str:
+    val = f"val loss {row['val_loss']:.4f} acc {100 * row['val_acc']:5.2f}%  " if row.get("val_acc") is not None else ""
     return (f"epoch {int(row['epoch']):>3}/{epochs}  train loss {row['train_loss']:.4f} "
-            f"acc {100 * row['train_acc']:5.2f}%  test loss {row['test_loss']:.4f} acc {100 * row['test_acc']:5.2f}%  "
+            f"acc {100 * row['train_acc']:5.2f}%  {val}test loss {row['test_loss']:.4f} acc {100 * row['test_acc']:5.2f}%  "
             f"lr {row['lr']:.2g}  {row['seconds']:.1f} s  {row['img_per_s']:,.0f} img/s"
             + ("  *best" if improved else ""))

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -23,6 +24,7 @@ from training.device import DeviceSetup
 from training.distributed import DistContext
 
 EVAL_BATCH = 500
+DEFAULT_VAL = 5000  # --val when not given (a tenth of the images when --subset leaves fewer)
 # FFCV's threads and the model's intra-op threads share the cores on CPU; on CUDA the loader's
 # threads only decode and augment, and more than this has not been seen to help (FFCV's own
 # examples use 8-12 per GPU).
@@ -103,35 +105,73 @@ def loader_workers(requested: int | None, device: torch.device, ctx: DistContext
 
 
 def make_split_loader(kind: str, data_dir: str | Path, split: str, batch_size: int, aug: Any, seed: int,
-                      device: torch.device, workers: int | None, subset: int | None, distributed: bool) -> Any:
+                      device: torch.device, workers: int | None, subset: int | None, distributed: bool,
+                      **options: Any) -> Any:
     """One split's loader on the chosen path: "ffcv" (pipeline/loader.py) or "torch"
-    (pipeline/torch_loader.py); both iterate (images, labels) the same way."""
+    (pipeline/torch_loader.py); both iterate (images, labels) the same way. `options`: indices,
+    shuffle, drop_last."""
     if kind == "ffcv":
         from pipeline.loader import make_loader
 
         return make_loader(data_dir, split, batch_size, aug, seed=seed, device=device, workers=workers,
-                           subset=subset, copy=False, distributed=distributed)
+                           subset=subset, copy=False, distributed=distributed, **options)
     from pipeline.torch_loader import make_torch_loader
 
     return make_torch_loader(data_dir, split, batch_size, aug, seed=seed, device=device, workers=workers,
-                             subset=subset, copy=False, distributed=distributed)
+                             subset=subset, copy=False, distributed=distributed, **options)
+
+
+@dataclass
+class Holdout:
+    """The training images a run trains on and the validation images it decides on."""
+
+    train: np.ndarray | None  # None: the first --subset images (or all), no validation split
+    val: np.ndarray | None
+
+
+def holdout(cfg: TrainConfig, recorded: np.ndarray | None = None) -> Holdout:
+    """--val images held out of the first --subset (or all) training images, class-stratified from
+    --seed. A resumed run passes the split its run directory `recorded`, which must still fit."""
+    if cfg.data.val == 0:
+        return Holdout(None, None)
+    from pipeline.manifest import read_arrays, read_manifest
+    from pipeline.val_split import stratified_split
+
+    manifest = read_manifest(cfg.data.data_dir)
+    _, labels = read_arrays(cfg.data.data_dir, "train", manifest)
+    pool = len(labels) if cfg.data.subset is None else min(cfg.data.subset, len(labels))
+    size = cfg.data.val if cfg.data.val is not None else min(DEFAULT_VAL, pool // 10)
+    if size == 0:
+        return Holdout(None, None)
+    train, val = stratified_split(labels[:pool], size, cfg.run.seed)
+    if recorded is not None:
+        val = np.asarray(recorded, dtype=np.int64)
+        train = np.setdiff1d(np.arange(pool), val)
+    return Holdout(train, val)
 
 
 @dataclass
 class Loaders:
     train: Any
     test: Any
+    val: Any  # None without a validation split
     kind: str  # "ffcv" or "torch"
     reason: str  # one clause: why this path (--loader, or what auto found)
 
 
-def build_loaders(cfg: TrainConfig, setup: DeviceSetup, ctx: DistContext) -> Loaders:
+def build_loaders(cfg: TrainConfig, setup: DeviceSetup, ctx: DistContext, split: Holdout) -> Loaders:
+    from common.config import AugmentConfig
     from pipeline.loader_choice import resolve_loader
 
     kind, reason = resolve_loader(cfg.data.loader, setup.device, cfg.data.data_dir)
     workers = loader_workers(cfg.data.workers, setup.device, ctx)
-    train = make_split_loader(kind, cfg.data.data_dir, "train", cfg.optim.batch_size, cfg.augment, cfg.run.seed,
-                              setup.device, workers, cfg.data.subset, ctx.enabled)
-    test = make_split_loader(kind, cfg.data.data_dir, "test", EVAL_BATCH, None, cfg.run.seed, setup.device,
-                             workers, cfg.data.test_subset, ctx.enabled)
-    return Loaders(train, test, kind, reason)
+    data, seed, device = cfg.data.data_dir, cfg.run.seed, setup.device
+    train = make_split_loader(kind, data, "train", cfg.optim.batch_size, cfg.augment, seed, device, workers,
+                              cfg.data.subset, ctx.enabled, indices=split.train)
+    test = make_split_loader(kind, data, "test", EVAL_BATCH, None, seed, device, workers, cfg.data.test_subset,
+                             ctx.enabled)
+    val = None
+    if split.val is not None:  # scored like the test set: in order, unaugmented, every image
+        val = make_split_loader(kind, data, "train", EVAL_BATCH, AugmentConfig.none(), seed, device, workers, None,
+                                ctx.enabled, indices=split.val, shuffle=False, drop_last=False)
+    return Loaders(train, test, val, kind, reason)

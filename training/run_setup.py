@@ -73,6 +73,10 @@ def open_run(ctx: DistContext, cfg: TrainConfig, resume: str | Path | None, extr
     cfg = TrainConfig.from_dict(saved["train"])
     if extra_epochs_to is not None:
         cfg.optim.epochs = extra_epochs_to
+    if "precision" not in saved:
+        # Written before --amp had a CPU meaning (amp=True then meant "on CUDA only"): keep training
+        # as it started, fp32 on a CPU.
+        cfg.run.amp = False if str(saved.get("device", "CPU")).startswith("CPU") else cfg.run.amp
     for (section, name), value in (overrides or {}).items():
         if (section, name) not in ENVIRONMENT:
             raise ValueError(f"{section}.{name} is not a run-environment setting")
@@ -134,9 +138,11 @@ def new_run_id(ctx: DistContext) -> str:
 
 
 def create_run(run: RunDir, cfg: TrainConfig, run_id: str, data: DataRecord, setup: DeviceSetup,
-               ctx: DistContext, model: nn.Module, loader: str) -> None:
+               ctx: DistContext, model: nn.Module, loader: str, val_indices: Any) -> None:
     check_free_space(run, model)
     run.create()
+    if val_indices is not None:
+        run.write_val_indices(val_indices)
     run.write_config({"run_id": run_id, "train": cfg.to_dict(), "data": data.to_dict(),
                       "versions": package_versions(), "device": setup.describe(), "precision": setup.precision,
                       "loader": loader,

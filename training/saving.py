@@ -41,8 +41,17 @@ def on_main(ctx: DistContext, fn: Callable[[], T]) -> T | None:
     return result
 
 
+def summary_of(state: TrainState, status: Status, epochs: int, decided_on: str) -> RunSummary:
+    """summary.json says which split chose best.pt, and the test accuracy there and at the end."""
+    best, last = state.best_row, (state.rows[-1] if state.rows else None)
+    return RunSummary(status=status, epochs_done=state.epoch, epochs=epochs, best_acc=state.best_acc,
+                      best_epoch=state.best_epoch, wall_seconds=state.wall_seconds, decided_on=decided_on,
+                      best_test_acc=best["test_acc"] if best else None,
+                      final_test_acc=last["test_acc"] if last else None)
+
+
 def save_epoch(run: RunDir, state: TrainState, parts: Parts, labels: np.ndarray, probs: np.ndarray,
-               improved: bool, epochs: int, title: str, tensorboard: Any = None) -> None:
+               improved: bool, epochs: int, title: str, decided_on: str, tensorboard: Any = None) -> None:
     checkpoint = state.checkpoint(parts)
     run.write_predictions("last", labels, probs)
     if improved:
@@ -50,9 +59,7 @@ def save_epoch(run: RunDir, state: TrainState, parts: Parts, labels: np.ndarray,
     run.save_checkpoint("last", checkpoint, also_best=improved)
     run.write_metrics(state.rows)
     save_figure(curves_figure(state.rows, title), run.curves_path)
-    run.write_summary(RunSummary(status=Status.RUNNING, epochs_done=state.epoch, epochs=epochs,
-                                 best_acc=state.best_acc, best_epoch=state.best_epoch,
-                                 wall_seconds=checkpoint["wall_seconds"]))
+    run.write_summary(summary_of(state, Status.RUNNING, epochs, decided_on))
     if tensorboard is not None:
         tensorboard.epoch(state.rows[-1])
 
@@ -70,11 +77,10 @@ def weight_digest(parts: Parts) -> str:
     return digest.hexdigest()[:16]
 
 
-def finish(ctx: DistContext, run: RunDir, state: TrainState, parts: Parts, epochs: int) -> None:
+def finish(ctx: DistContext, run: RunDir, state: TrainState, parts: Parts, epochs: int, decided_on: str) -> None:
     """The final summary. Under torchrun the ranks first compare weight digests: DDP keeps replicas
     identical by construction, and checking it means a silent desync cannot hide."""
-    summary = RunSummary(status=Status.FINISHED, epochs_done=epochs, epochs=epochs, best_acc=state.best_acc,
-                         best_epoch=state.best_epoch, wall_seconds=state.wall_seconds)
+    summary = summary_of(state, Status.FINISHED, epochs, decided_on)
     in_sync = True
     if ctx.enabled:
         digests = ctx.gather(weight_digest(parts))

@@ -67,7 +67,7 @@ class TrainState:
     best_acc: float = -1.0  # on the split that chooses best.pt
     best_epoch: int = 0
     wall_before: float = 0.0  # wall seconds spent by earlier processes of this run
-    rows: list[dict[str, float]] = field(default_factory=list)
+    rows: list[dict[str, Any]] = field(default_factory=list)
     partial: Partial | None = None
     started: float = field(default_factory=time.perf_counter)  # this process's start
 
@@ -75,7 +75,7 @@ class TrainState:
     def wall_seconds(self) -> float:
         return self.wall_before + time.perf_counter() - self.started
 
-    def record(self, row: dict[str, float], score: float) -> bool:
+    def record(self, row: dict[str, Any], score: float) -> bool:
         """Add an epoch's row; True when `score` beats the best so far (best.pt is then this epoch)."""
         self.rows.append(row)
         self.epoch = int(row["epoch"])
@@ -83,6 +83,10 @@ class TrainState:
             self.best_acc, self.best_epoch = score, self.epoch
             return True
         return False
+
+    @property
+    def best_row(self) -> dict[str, Any] | None:
+        return self.rows[self.best_epoch - 1] if 0 < self.best_epoch <= len(self.rows) else None
 
     def checkpoint(self, parts: Parts, partial: Partial | None = None) -> dict[str, Any]:
         return {"run_id": self.run_id, "model": parts.bare.state_dict(), "optimizer": parts.optimizer.state_dict(),
