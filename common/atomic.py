@@ -123,29 +123,14 @@ def atomic_open(path: str | os.PathLike, mode: str = "w") -> Iterator[IO[Any]]:
 def link_atomic(source: str | os.PathLike, path: str | os.PathLike) -> None:
     """Make `path` another name for `source`'s bytes, atomically: a hard link (no copy, no extra
     disk) where the filesystem has them, else a copy. `path` is replaced whole or not at all."""
-    source, path = Path(source), Path(path)
-    try:
-        tmp = _temp_beside(path)
-    except OSError as exc:
-        raise _explain_os_error(path, exc) from None
-    try:
-        tmp.unlink()
+    with atomic_path(path) as tmp:
+        tmp.unlink()  # os.link will not replace the empty temp file atomic_path made
         try:
             os.link(source, tmp)
         except OSError as exc:
             if exc.errno not in (errno.EPERM, errno.EXDEV, errno.ENOTSUP, errno.EMLINK, errno.EOPNOTSUPP):
                 raise
             shutil.copyfile(source, tmp)
-            with open(tmp, "rb+") as fh:
-                os.fsync(fh.fileno())
-        os.replace(tmp, path)
-        _fsync_dir(path.parent)
-    except OSError as exc:
-        tmp.unlink(missing_ok=True)
-        raise _explain_os_error(path, exc) from None
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 def write_text(path: str | os.PathLike, text: str) -> None:

@@ -150,6 +150,42 @@ def device_stage(device: torch.device) -> list[Any]:
     return [ToDevice(device, non_blocking=False)]
 
 
+@dataclass
+class SplitPlan:
+    """What a loader over one split reads and how: the same rules for the FFCV and torch paths."""
+
+    aug: AugmentConfig
+    shuffle: bool
+    drop_last: bool
+    indices: np.ndarray | None  # dataset indices to draw from; None = the whole split
+    count: int  # images drawn from
+
+
+def plan_split(manifest: dict[str, Any], split: str, batch_size: int, aug: AugmentConfig | None,
+               shuffle: bool | None, drop_last: bool | None, subset: int | None,
+               indices: np.ndarray | None) -> SplitPlan:
+    """Defaults follow the split: train shuffles, augments and drops the last partial batch; test
+    keeps order, has no augmentation and keeps every image. `indices` (e.g. the training set less
+    the validation split) win over `subset` (the first N images)."""
+    is_train = split == "train"
+    aug = aug if aug is not None else (AugmentConfig() if is_train else AugmentConfig.none())
+    shuffle = is_train if shuffle is None else shuffle
+    drop_last = is_train if drop_last is None else drop_last
+    count = manifest["splits"][split]["count"]
+    if subset is not None:
+        if subset < 1:
+            raise UserError(f"--subset must be at least 1, got {subset}")
+        count = min(subset, count)
+        indices = np.arange(count) if indices is None else indices
+    if indices is not None:
+        indices = np.asarray(indices, dtype=np.int64)
+        count = len(indices)
+    if drop_last and count < batch_size:
+        raise UserError(f"the {split} set has {count} images, fewer than one batch of {batch_size}; "
+                        "lower --batch-size or raise --subset")
+    return SplitPlan(aug, shuffle, drop_last, indices, count)
+
+
 def make_loader(data_dir: str | Path, split: str, batch_size: int, aug: AugmentConfig | None = None,
                 seed: int = 0, device: str | torch.device = "cpu", workers: int | None = None,
                 subset: int | None = None, shuffle: bool | None = None, drop_last: bool | None = None,
@@ -175,22 +211,8 @@ def make_loader(data_dir: str | Path, split: str, batch_size: int, aug: AugmentC
                         f"truncated or was replaced: rebuild it with `python cli.py prepare --out {data_dir} --force`")
     _open_reader_checked(path)
     device = torch.device(device)
-    is_train = split == "train"
-    aug = aug if aug is not None else (AugmentConfig() if is_train else AugmentConfig.none())
-    shuffle = is_train if shuffle is None else shuffle
-    drop_last = is_train if drop_last is None else drop_last
-    count = manifest["splits"][split]["count"]
-    if subset is not None:
-        if subset < 1:
-            raise UserError(f"--subset must be at least 1, got {subset}")
-        count = min(subset, count)
-        indices = np.arange(count) if indices is None else indices
-    if indices is not None:  # e.g. the training set less the validation split
-        indices = np.asarray(indices, dtype=np.int64)
-        count = len(indices)
-    if drop_last and count < batch_size:
-        raise UserError(f"the {split} set has {count} images, fewer than one batch of {batch_size}; "
-                        "lower --batch-size or raise --subset")
+    plan = plan_split(manifest, split, batch_size, aug, shuffle, drop_last, subset, indices)
+    aug, shuffle, drop_last, indices, count = plan.aug, plan.shuffle, plan.drop_last, plan.indices, plan.count
     mean, std = manifest["train_mean"], manifest["train_std"]
     on_cuda = device.type == "cuda"
     op = AugmentNormalize(aug, mean, std, seed=seed, normalize=not on_cuda)

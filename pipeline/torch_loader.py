@@ -31,7 +31,7 @@ import torch
 from common.config import AugmentConfig
 from common.errors import UserError
 from pipeline.augment_torch import AugmentSpec, augment_keyed, compiled_keyed, epoch_key, splitmix64
-from pipeline.loader import LoaderInfo
+from pipeline.loader import LoaderInfo, plan_split
 from pipeline.manifest import read_arrays, read_manifest
 
 # Salt that separates the shuffle's hash stream from the augmentation's (same seed and epoch).
@@ -187,20 +187,9 @@ def make_torch_loader(data_dir: str | Path, split: str, batch_size: int, aug: Au
     del workers, copy
     manifest = read_manifest(data_dir)
     device = torch.device(device)
-    is_train = split == "train"
-    aug = aug if aug is not None else (AugmentConfig() if is_train else AugmentConfig.none())
-    shuffle = is_train if shuffle is None else shuffle
-    drop_last = is_train if drop_last is None else drop_last
-    count = manifest["splits"][split]["count"]
-    if subset is not None:
-        if subset < 1:
-            raise UserError(f"--subset must be at least 1, got {subset}")
-        count = min(subset, count)
-    held = np.arange(count) if indices is None else np.asarray(indices, dtype=np.int64)
-    count = len(held)
-    if drop_last and count < batch_size:
-        raise UserError(f"the {split} set has {count} images, fewer than one batch of {batch_size}; "
-                        "lower --batch-size or raise --subset")
+    plan = plan_split(manifest, split, batch_size, aug, shuffle, drop_last, subset, indices)
+    aug, shuffle, drop_last, count = plan.aug, plan.shuffle, plan.drop_last, plan.count
+    held = np.arange(count) if plan.indices is None else plan.indices
     backend = _backend(augment_backend, device)
     rank, world = _dist_rank_world() if distributed else (0, 1)
     images, labels = read_arrays(data_dir, split, manifest)

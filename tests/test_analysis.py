@@ -38,17 +38,7 @@ STD = [63.0, 62.1, 66.7]
 
 # ---- fixtures: a data folder and run directories -----------------------------------------------
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Single-threaded torch for this module.
-
-    The 2-core test machine is shared; with another job running, 111 training steps of the
-    synthetic model took 28.7 s on 2 threads (oversubscribed) and 2.1 s on 1.
-    """
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def write_test_arrays(folder: Path, n: int = N_TEST, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:

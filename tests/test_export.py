@@ -21,13 +21,7 @@ from models.loading import load_run_model
 from pipeline.cifar_source import CLASSES
 from tests.test_analysis import MEAN, STD, make_run, write_test_arrays
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 @pytest.fixture(scope="module")

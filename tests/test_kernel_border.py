@@ -15,7 +15,6 @@ import math
 from typing import Any
 
 import cv2
-import numba
 import numpy as np
 import pytest
 
@@ -32,6 +31,7 @@ from tests.test_kernels import (
     find_index,
     images,
     run_kernel,
+    same_at_1_and_2_threads,
     smooth_images,
     to_uint8,
 )
@@ -222,18 +222,5 @@ def test_all_ops_reflect_noise_image_pinned_index():
 
 def test_reflect_normalised_is_unrounded_uint8_and_thread_independent():
     params = kernel_params(AugmentConfig(), False, border="reflect")
-    src = images(32, seed=27)
-    idx = np.arange(32) * 5 + 1
-    before = numba.get_num_threads()
-    try:
-        numba.set_num_threads(1)
-        u1 = run_kernel(src, idx, params)
-        f1 = run_kernel(src, idx, params, out=np.float32)
-        numba.set_num_threads(min(2, numba.config.NUMBA_NUM_THREADS))  # type: ignore[attr-defined]  # set at import
-        u2 = run_kernel(src, idx, params)
-        f2 = run_kernel(src, idx, params, out=np.float32)
-    finally:
-        numba.set_num_threads(before)
-    np.testing.assert_array_equal(u1, u2)
-    np.testing.assert_array_equal(f1, f2)
+    u1, f1 = same_at_1_and_2_threads(images(32, seed=27), np.arange(32) * 5 + 1, params)
     assert diff(f1.astype(np.float64) * STD + MEAN, u1).max() <= 0.5 + 1e-3

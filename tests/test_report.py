@@ -49,15 +49,7 @@ BENCH = {"benchmark": "train", "device": "CPU, fp32, channels-last", "batch_size
          "machine": {"cpu_cores": 2, "python": "3.11.7"}}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Single-threaded torch: the 2-core machine is shared (see tests/test_analysis.py)."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def finish(run: RunDir, rows=METRICS, status: str = "finished") -> RunDir:
