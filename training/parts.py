@@ -162,7 +162,9 @@ class Loaders:
 def build_loaders(cfg: TrainConfig, setup: DeviceSetup, ctx: DistContext, split: Holdout) -> Loaders:
     from common.config import AugmentConfig
     from pipeline.loader_choice import resolve_loader
+    from pipeline.numba_threads import prefer_threading_layer
 
+    prefer_threading_layer(torch_on_cpu=setup.device.type == "cpu")
     kind, reason = resolve_loader(cfg.data.loader, setup.device, cfg.data.data_dir)
     workers = loader_workers(cfg.data.workers, setup.device, ctx)
     data, seed, device = cfg.data.data_dir, cfg.run.seed, setup.device
