@@ -143,7 +143,8 @@ def _op_rates(images: np.ndarray, mean: np.ndarray, std: np.ndarray, batch_size:
     mean, inv_std = mean.astype(np.float64), 1.0 / std.astype(np.float64)
     n_batches = max(1, len(images) // batch_size)
     batches = [np.ascontiguousarray(images[i * batch_size:(i + 1) * batch_size]) for i in range(n_batches)]
-    indices = [np.arange(i * batch_size, (i + 1) * batch_size, dtype=np.int64) for i in range(n_batches)]
+    indices = [np.arange(i * batch_size, i * batch_size + len(b), dtype=np.int64) for i, b in enumerate(batches)]
+    count = sum(len(b) for b in batches)
     dst = np.empty(batches[0].shape, np.float32)
     threads = numba.get_num_threads()
     rates: dict[int, float] = {}
@@ -156,7 +157,7 @@ def _op_rates(images: np.ndarray, mean: np.ndarray, std: np.ndarray, batch_size:
                 start = time.perf_counter()
                 for src, idx in zip(batches, indices):
                     kernels.augment_batch(src, dst, idx, 0, r, params, mean, mean, inv_std)
-                best = max(best, n_batches * batch_size / (time.perf_counter() - start))
+                best = max(best, count / (time.perf_counter() - start))
             rates[n] = best
     finally:
         numba.set_num_threads(threads)
