@@ -139,7 +139,7 @@ def compare(
 def summary(
     norm: str = typer.Option("layer", help="layer, group or batch."),
     groups: int = typer.Option(32, help="Groups for --norm group."),
-    shortcut_norm: str = typer.Option("same", help="Norm of the 3 projection shortcuts: same, layer, group, batch."),
+    shortcut_norm: str | None = typer.Option(None, help="Norm of the 3 projection shortcuts: same, layer, group, batch (default: the train default, batch)."),
     zero_init: bool = typer.Option(True, "--zero-init/--no-zero-init", help="Zero-init the last norm of each block."),
     recipe: str | None = typer.Option(None, help="Describe a recipe's model instead (e.g. assignment)."),
 ) -> None:
@@ -148,8 +148,11 @@ def summary(
     from models import build_model
     from models.summary import describe_norms, summary_table
 
-    model_cfg = (apply_recipe(TrainConfig(), recipe).model if recipe is not None
-                 else ModelConfig(norm=norm, groups=groups, shortcut_norm=shortcut_norm, zero_init=zero_init))
+    if recipe is not None:
+        model_cfg = apply_recipe(TrainConfig(), recipe).model
+    else:
+        model_cfg = ModelConfig(norm=norm, groups=groups, zero_init=zero_init)
+        model_cfg.shortcut_norm = shortcut_norm or model_cfg.shortcut_norm
     typer.echo(describe_norms(model_cfg))
     typer.echo(summary_table(build_model(model_cfg)))
 

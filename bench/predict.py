@@ -47,7 +47,7 @@ def synthetic_run(folder: Path, norm: str = "layer") -> Path:
 
     from common.config import TrainConfig
     from common.rundir import RunDir
-    from models import ResNet18
+    from models import build_model
     from pipeline.cifar_source import CLASSES
 
     run = RunDir(folder)
@@ -57,7 +57,7 @@ def synthetic_run(folder: Path, norm: str = "layer") -> Path:
     run.write_config({"train": cfg.to_dict(), "data": {"data_dir": cfg.data.data_dir, "train_mean": MEAN,
                                                        "train_std": STD, "classes": list(CLASSES)}})
     torch.manual_seed(0)
-    run.save_checkpoint("best", {"model": ResNet18(norm).state_dict(), "epoch": 0})
+    run.save_checkpoint("best", {"model": build_model(cfg.model).state_dict(), "epoch": 0})
     return folder
 
 

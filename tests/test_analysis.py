@@ -24,7 +24,7 @@ from analysis.gradcam import compute_cams, target_block
 from analysis.loading import open_run, resolve_run, to_model_input
 from analysis.predictions import predict_probs
 from analysis.selection import confidence, select_misclassified
-from common.config import TrainConfig
+from common.config import ModelConfig, TrainConfig
 from common.errors import UserError
 from common.records import DataRecord
 from common.rundir import Predictions, RunDir
@@ -68,12 +68,13 @@ _STATE: dict[str, dict] = {}
 
 
 def model_state(norm: str = "layer") -> dict:
-    """One untrained ResNet-18 state per norm, shared by every run built here (seeded)."""
+    """One untrained ResNet-18 state per norm (the default model, as `train` builds it), shared by
+    every run built here (seeded)."""
     if norm not in _STATE:
-        from models import ResNet18
+        from models import build_model
 
         torch.manual_seed(0)
-        _STATE[norm] = ResNet18(norm).state_dict()
+        _STATE[norm] = build_model(ModelConfig(norm=norm)).state_dict()
     return _STATE[norm]
 
 

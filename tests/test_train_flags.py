@@ -49,6 +49,27 @@ def test_the_assignment_recipe_is_the_original_model_and_augmentation():
     assert (cfg.augment.border, cfg.augment.flip, cfg.augment.pad, cfg.optim.weight_decay) == ("reflect", False, 2, 0.0)
 
 
+def test_the_default_model_is_layernorm_with_batchnorm_shortcuts_and_says_so():
+    """The measured choice (docs/BENCHMARKS.md, issue 13): LayerNorm main path, BatchNorm on the 3
+    projection shortcuts, zero-init; `summary` prints it and a run's config records it."""
+    cfg = TrainConfig()
+    assert (cfg.model.norm, cfg.model.shortcut_norm, cfg.model.zero_init) == ("layer", "batch", True)
+    out = subprocess.run([sys.executable, "cli.py", "summary"], cwd=ROOT, capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.splitlines()[0] == ("ResNet-18: LayerNorm (GroupNorm(1, C)) on the stem and main path, "
+                                          "BatchNorm2d on the 3 projection shortcuts; zero-init last norm per block")
+
+
+def test_a_run_written_before_shortcut_norm_existed_loads_as_it_was_built():
+    """Runs saved before the flag had the main path's norm on their shortcuts: reading their
+    config must rebuild that model (BatchNorm's extra buffers would not load into it)."""
+    raw = TrainConfig().to_dict()
+    del raw["model"]["shortcut_norm"]
+    assert TrainConfig.from_dict(raw).model.shortcut_norm == "same"
+    assert TrainConfig.from_dict(TrainConfig().to_dict()).model.shortcut_norm == "batch"
+
+
 def test_only_environment_flags_reach_a_resume():
     assert given_environment({"device": "cpu", "workers": 1, "lr": 0.5, "compile": None}) == {
         ("run", "device"): "cpu", ("data", "workers"): 1}
