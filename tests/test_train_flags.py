@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from cli_flags import FLAGS, given_environment, train_config
 from common.config import RECIPES, TrainConfig, apply_recipe
@@ -61,13 +62,22 @@ def test_the_default_model_is_layernorm_with_batchnorm_shortcuts_and_says_so():
                                           "BatchNorm2d on the 3 projection shortcuts; zero-init last norm per block")
 
 
-def test_a_run_written_before_shortcut_norm_existed_loads_as_it_was_built():
+def test_a_run_written_before_shortcut_norm_existed_loads_as_it_was_built(tmp_path):
     """Runs saved before the flag had the main path's norm on their shortcuts: reading their
     config must rebuild that model (BatchNorm's extra buffers would not load into it)."""
+    from models import ResNet18
+    from models.loading import load_run_model
+
     raw = TrainConfig().to_dict()
     del raw["model"]["shortcut_norm"]
     assert TrainConfig.from_dict(raw).model.shortcut_norm == "same"
     assert TrainConfig.from_dict(TrainConfig().to_dict()).model.shortcut_norm == "batch"
+    run = RunDir(tmp_path / "old-run")
+    run.path.mkdir()
+    run.write_config({"train": raw, "data": {}})
+    run.save_checkpoint("best", {"model": ResNet18("layer").state_dict(), "epoch": 1})  # pure LayerNorm
+    model = load_run_model(run, "best")
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())
 
 
 def test_only_environment_flags_reach_a_resume():
