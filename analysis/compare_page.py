@@ -24,7 +24,6 @@ from analysis.comparison import (
     mean_sd_text,
     points,
     read_comparison,
-    read_metrics,
     read_table,
     seed_count_text,
 )
@@ -196,7 +195,7 @@ def _run_card(key: str, path: Path, row: ComparisonRow | None, page: Path, notes
         return div(head, note(msg), cls="card")
     summary = run.read_summary()
     try:
-        mrows = read_metrics(run)
+        mrows = run.read_metrics()
     except (ValueError, TypeError, KeyError):
         mrows = []
     if row is not None and row.best_test_acc is not None:

@@ -21,7 +21,6 @@ validation split the test set decides nothing, and `chosen_on` says which split 
 
 from __future__ import annotations
 
-import csv
 import dataclasses
 import json
 import math
@@ -105,22 +104,6 @@ def _finite(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
-def read_metrics(run: RunDir) -> list[dict[str, float]]:
-    """run.read_metrics(), tolerating empty cells (val_loss/val_acc of a run trained with --val 0): NaN."""
-    try:
-        return run.read_metrics()
-    except ValueError:
-        with open(run.metrics_path, newline="") as fh:
-            raw = list(csv.DictReader(fh))
-
-        def number(k: str, v: str | None) -> float:
-            if v is None or not v.strip():
-                return math.nan
-            return int(v) if k == "epoch" else float(v)
-
-        return [{k: number(k, v) for k, v in row.items()} for row in raw]
-
-
 def best_epoch(metrics: list[dict[str, float]]) -> tuple[dict[str, float], str]:
     """The epoch that counts and the split that chose it: the first epoch reaching the best finite
     val_acc ("validation"), else the first reaching the best test_acc ("test")."""
@@ -132,7 +115,7 @@ def best_epoch(metrics: list[dict[str, float]]) -> tuple[dict[str, float], str]:
 
 def run_row(key: str, run: RunDir, metrics: list[dict[str, float]] | None = None) -> dict[str, Any] | None:
     """One table row from a run's finished epochs; None when it has not finished one."""
-    metrics = read_metrics(run) if metrics is None else metrics
+    metrics = run.read_metrics() if metrics is None else metrics
     if not metrics:
         return None
     best, chosen_on = best_epoch(metrics)
@@ -307,7 +290,7 @@ def write_comparison(folder: str | Path) -> ComparisonResult:
     rows: list[dict[str, Any]] = []
     curves: list[list[dict[str, float]]] = []
     for key, run in compare_runs(folder, record).items():
-        metrics = read_metrics(run)
+        metrics = run.read_metrics()
         row = run_row(key, run, metrics)
         if row is not None:
             rows.append(row)

@@ -130,12 +130,19 @@ class RunDir:
 
     # ---- metrics -----------------------------------------------------------------------------
     def read_metrics(self) -> list[dict[str, float]]:
+        """metrics.csv's rows; an empty or missing cell (val_loss/val_acc of a run trained with
+        --val 0, a hand-edited file) reads as NaN."""
         if not self.metrics_path.is_file():
             return []
         with open(self.metrics_path, newline="") as fh:
             rows = list(csv.DictReader(fh))
-        return [{k: (int(v) if k == "epoch" else float(v) if v != "" else float("nan")) for k, v in row.items()}
-                for row in rows]
+
+        def number(key: str, value: str | None) -> float:
+            if value is None or not value.strip():
+                return float("nan")
+            return int(value) if key == "epoch" else float(value)
+
+        return [{k: number(k, v) for k, v in row.items()} for row in rows]
 
     def write_metrics(self, rows: list[dict[str, float]]) -> None:
         # Rewritten whole (a few dozen rows) so a crash never leaves a torn line.

@@ -207,10 +207,9 @@ def test_figure_shows_means_with_a_min_max_band(seeded):
     assert img.shape[0] >= 350 and img.shape[1] >= 900
     assert img[..., :3].std() > 0.05  # not a blank canvas
 
-    from analysis.comparison import read_metrics
     from analysis.figures import comparison_figure
 
-    series = {n: [read_metrics(RunDir(folder / f"{n}-seed{s}")) for s in SEEDS] for n in ("batch", "layer")}
+    series = {n: [RunDir(folder / f"{n}-seed{s}").read_metrics() for s in SEEDS] for n in ("batch", "layer")}
     fig = comparison_figure(series, "t")
     labels = [t.get_text() for t in fig.legends[0].get_texts()]
     assert "band: min–max over 3 seeds" in labels and "BatchNorm (mean)" in labels
