@@ -23,12 +23,18 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from analysis.seed_stats import INTERVAL_NOTE, METRIC_TITLES, NO_DIFFERENCE, paired_differences, seed_summary
+from analysis.seed_stats import (
+    INTERVAL_NOTE,
+    METRIC_TITLES,
+    NO_DIFFERENCE,
+    finite_number,
+    paired_differences,
+    seed_summary,
+)
 from common import compare_folder
 from common.atomic import write_json, write_text
 from common.compare_folder import CompareRecord
@@ -101,7 +107,7 @@ def compare_runs(folder: str | Path, record: CompareRecord | None = None) -> dic
 
 
 def _finite(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    return finite_number(value) is not None
 
 
 def best_epoch(metrics: list[dict[str, float]]) -> tuple[dict[str, float], str]:

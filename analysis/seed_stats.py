@@ -30,7 +30,7 @@ INTERVAL_NOTE = ("95% t-interval of the mean paired difference over the seeds bo
                  "(mean ± t(0.975, n−1) · sd/√n); fewer than 2 shared seeds: no interval")
 
 
-def _number(value: Any) -> float | None:
+def finite_number(value: Any) -> float | None:
     """A finite float, or None (missing, NaN, not a number)."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return None
@@ -41,7 +41,7 @@ def _number(value: Any) -> float | None:
 def mean_sd(values: Iterable[Any]) -> dict[str, Any]:
     """{"n", "mean", "sd", "min", "max"} of the finite values; sd uses ddof=1 and is None when n < 2;
     mean/min/max are None when n = 0."""
-    xs = np.array([v for v in (_number(x) for x in values) if v is not None], dtype=np.float64)
+    xs = np.array([v for v in (finite_number(x) for x in values) if v is not None], dtype=np.float64)
     n = int(xs.size)
     return {"n": n, "mean": float(xs.mean()) if n else None, "sd": float(xs.std(ddof=1)) if n >= 2 else None,
             "min": float(xs.min()) if n else None, "max": float(xs.max()) if n else None}
@@ -93,7 +93,7 @@ def _per_seed(runs: list[dict[str, Any]], metric: str) -> dict[Any, float]:
     """seed → value for runs with a seed and a finite value; the first run of a seed counts."""
     out: dict[Any, float] = {}
     for r in runs:
-        value = _number(r.get(metric))
+        value = finite_number(r.get(metric))
         if r.get("seed") is not None and value is not None:
             out.setdefault(r["seed"], value)
     return out
