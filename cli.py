@@ -98,10 +98,12 @@ def train(
                        overrides=given_environment(flags) if resume is not None else None)
     if not result.main:
         return
-    typer.echo(f"done: best epoch {result.best_epoch} chosen on {result.decided_on} ({result.decided_on} accuracy "
-               f"{100 * result.best_acc:.2f}%); test accuracy at that epoch {100 * result.best_test_acc:.2f}%; final test "
-               f"accuracy {100 * result.final_test_acc:.2f}%; {result.epochs_done} epochs in "
-               f"{duration(result.seconds, compact=True)}; run in {result.run.path}")
+    chosen = ("best.pt is the last epoch (a fixed schedule without validation: nothing decides)"
+              if result.decided_on == "last epoch" else
+              f"best epoch {result.best_epoch} chosen on {result.decided_on} ({result.decided_on} accuracy "
+              f"{100 * result.best_acc:.2f}%); test accuracy at that epoch {100 * result.best_test_acc:.2f}%")
+    typer.echo(f"done: {chosen}; final test accuracy {100 * result.final_test_acc:.2f}%; {result.epochs_done} epochs "
+               f"in {duration(result.seconds, compact=True)}; run in {result.run.path}")
 
 
 @app.command()

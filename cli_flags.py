@@ -47,9 +47,18 @@ FLAGS: tuple[Flag, ...] = (
     Flag("data", ("data", "data_dir"), Path | None, "Folder written by `prepare`.", parse=str),
     Flag("epochs", ("optim", "epochs"), int | None, "Epochs to train (with --resume: raise the budget)."),
     Flag("batch_size", ("optim", "batch_size"), int | None, "Images per step (per process under torchrun)."),
-    Flag("lr", ("optim", "lr"), float | None, "SGD learning rate."),
+    Flag("lr", ("optim", "lr"), float | None, "SGD learning rate (the peak with --schedule onecycle)."),
+    Flag("schedule", ("optim", "schedule"), str | None,
+         "plateau: ReduceLROnPlateau on the deciding split, per epoch. onecycle: per step, linear warm-up from 0 "
+         "to --lr over the first --peak-at of the steps, then linear decay to 0."),
+    Flag("peak_at", ("optim", "peak_at"), float | None, "With --schedule onecycle: the fraction of the run's steps "
+         "spent warming up to the peak lr."),
     Flag("momentum", ("optim", "momentum"), float | None, "SGD momentum."),
+    Flag("nesterov", ("optim", "nesterov"), bool | None, "Nesterov momentum.", ("--nesterov/--no-nesterov",)),
     Flag("weight_decay", ("optim", "weight_decay"), float | None, "SGD weight decay."),
+    Flag("decay_all", ("optim", "decay_all"), bool | None,
+         "Weight decay on every parameter; --no-decay-all: on conv/linear weights only (not norm scales/shifts, "
+         "biases).", ("--decay-all/--no-decay-all",)),
     Flag("label_smoothing", ("optim", "label_smoothing"), float | None, "Cross-entropy label smoothing."),
     Flag("plateau_factor", ("optim", "plateau_factor"), float | None, "ReduceLROnPlateau factor."),
     Flag("plateau_patience", ("optim", "plateau_patience"), int | None, "ReduceLROnPlateau patience, in epochs."),
@@ -65,7 +74,8 @@ FLAGS: tuple[Flag, ...] = (
     Flag("zero_init", ("model", "zero_init"), bool | None,
          "Zero-init the last norm of each residual block.", ("--zero-init/--no-zero-init",)),
     Flag("recipe", None, str | None, f"A named preset ({', '.join(RECIPES)}); 'assignment' is the original "
-         "assignment exactly. Flags given beside it override it."),
+         "assignment exactly; 'fast' is time to accuracy (one-cycle schedule, 15 epochs on all training images). "
+         "Flags given beside it override it."),
     Flag("crop", ("augment", "crop"), bool | None, "Random pad + crop.", ("--crop/--no-crop",)),
     Flag("pad", ("augment", "pad"), int | None, "Padding for the random crop."),
     Flag("flip", ("augment", "flip"), bool | None, "Random horizontal flip.", ("--flip/--no-flip",)),

@@ -33,7 +33,10 @@ from common.errors import UserError
 from common.records import RunSummary
 
 METRIC_FIELDS = ("epoch", "train_loss", "train_acc", "test_loss", "test_acc", "lr", "seconds", "img_per_s",
-                 "val_loss", "val_acc")  # val_*: empty (read as NaN) when the run has no validation split
+                 "val_loss", "val_acc", "wall_seconds")
+# val_*: empty (read as NaN) when the run has no validation split. wall_seconds: the run's wall-clock
+# time at the end of the epoch (all its processes, set-up and evaluation included), for accuracy
+# against minutes; empty in runs written before it existed.
 CHECKPOINT_FORMAT = 1
 
 

@@ -9,7 +9,8 @@ import torch.nn.functional as F
 from common.config import ModelConfig, OptimConfig
 from common.errors import UserError
 from models import ResNet18, build_model, count_parameters
-from training.parts import build_optimizer, build_scheduler
+from training.parts import build_optimizer
+from training.schedule import build_scheduler
 
 
 @pytest.mark.parametrize("norm", ["layer", "group", "batch"])
@@ -98,7 +99,7 @@ def test_scheduler_drops_lr_after_patience_epochs_without_improvement():
     model = torch.nn.Linear(2, 2)
     cfg = OptimConfig()  # factor 0.1, patience 2, threshold 1e-3 (relative)
     opt = build_optimizer(model, cfg, torch.device("cpu"))
-    sched = build_scheduler(opt, cfg)
+    sched = build_scheduler(opt, cfg, steps_per_epoch=10)
     lrs = []
     # improves, then three epochs that improve by less than the 0.1% threshold
     for loss in (2.0, 1.5, 1.4995, 1.4990, 1.4989, 1.0):

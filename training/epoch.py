@@ -11,6 +11,7 @@ import contextlib
 import math
 import signal
 import time
+from collections import deque
 from dataclasses import dataclass
 from types import FrameType, TracebackType
 from typing import Any
@@ -30,15 +31,47 @@ from training.state import Partial
 
 
 class Diverged(UserError):
-    def __init__(self, loss: float, epoch: int, step: int, checkpoint: str = ""):
-        self.loss, self.epoch, self.step = loss, epoch, step
+    """The loss is no longer finite, or (`window` > 0) its mean over the last `window` steps stays
+    above `BlowUpGuard`'s limit: a finite blow-up that would otherwise train garbage to the end."""
+
+    def __init__(self, loss: float, epoch: int, step: int, checkpoint: str = "", window: int = 0, limit: float = 0.0):
+        self.loss, self.epoch, self.step, self.window, self.limit = loss, epoch, step, window, limit
         where = f"; the last good checkpoint is {checkpoint} (if any)" if checkpoint else ""
-        super().__init__(f"training diverged: the loss became {loss} in epoch {epoch + 1} by step {step + 1}"
-                         f"{where}; lower --lr and start a new run")
+        what = (f"the train loss averaged {loss:.4g} over the {window} steps up to step {step + 1} of epoch {epoch + 1}, "
+                f"above the limit {limit:.2f} (3 × ln of the class count; a model that learned nothing sits at a third "
+                "of it)" if window else f"the loss became {loss} in epoch {epoch + 1} by step {step + 1}")
+        super().__init__(f"training diverged: {what}{where}; lower --lr and start a new run")
 
     def at(self, checkpoint: str) -> Diverged:
         """The same event, naming the checkpoint to fall back on."""
-        return Diverged(self.loss, self.epoch, self.step, checkpoint)
+        return Diverged(self.loss, self.epoch, self.step, checkpoint, self.window, self.limit)
+
+
+class BlowUpGuard:
+    """Stops a finite blow-up: the mean train loss over the last `window` steps above
+    `factor` × ln C. A model that predicts uniformly scores ln C; a run that learns stays below it
+    after its first steps, and one blown up by a huge lr sits orders of magnitude above (the rule's
+    measurements on normal and broken runs: docs/BENCHMARKS.md, "Divergence guard"). The window
+    restarts each epoch, so the first `window` steps of an epoch are judged with the next check."""
+
+    WINDOW = 50
+    FACTOR = 3.0
+
+    def __init__(self, classes: int, window: int = WINDOW, factor: float = FACTOR):
+        self.limit = factor * math.log(max(classes, 2))
+        self.window = window
+        self.marks: deque[tuple[int, float, float]] = deque()  # (step, global loss sum, global seen)
+
+    def mean_above_limit(self, step: int, loss_sum: float, seen: float) -> float | None:
+        """The window's mean loss when it is over the limit, else None (also while under `window` steps)."""
+        self.marks.append((step, loss_sum, seen))
+        while len(self.marks) > 1 and self.marks[1][0] <= step - self.window:
+            self.marks.popleft()
+        first, loss0, seen0 = self.marks[0]
+        if step - first < self.window or seen <= seen0:
+            return None
+        mean = (loss_sum - loss0) / (seen - seen0)
+        return mean if mean > self.limit else None
 
 
 class Interrupted(UserError):
@@ -123,6 +156,7 @@ def train_epoch(epoch: int, parts: Parts, loader: Any, setup: DeviceSetup, ctx: 
         loss_sum += partial.loss_sum
         correct += partial.correct
         seen = int(partial.seen)
+    guard = BlowUpGuard(parts.classes)
     t0 = time.perf_counter()
     parts.step.train()
     loader.set_epoch(epoch)
@@ -139,6 +173,8 @@ def train_epoch(epoch: int, parts: Parts, loader: Any, setup: DeviceSetup, ctx: 
             parts.optimizer.zero_grad(set_to_none=True)
             parts.scaler.scale(loss).backward()
             _optimizer_step(parts, warmup_factor(optim, epoch * steps + step))
+            if parts.per_step:
+                parts.scheduler.step()  # type: ignore[call-arg]  # LambdaLR: no metric
             loss_sum += loss.detach().double() * len(y)
             correct += (logits.detach().argmax(1) == y).sum()
             seen += len(y)
@@ -148,6 +184,9 @@ def train_epoch(epoch: int, parts: Parts, loader: Any, setup: DeviceSetup, ctx: 
                 mean = sums[0] / max(sums[2], 1)
                 if not math.isfinite(mean):
                     raise Diverged(mean, epoch, step)
+                blown = guard.mean_above_limit(step, sums[0], sums[2])
+                if blown is not None:
+                    raise Diverged(blown, epoch, step, window=guard.window, limit=guard.limit)
                 if flags > 0:
                     raise StopRequested(stopper.requested or "SIGTERM", Partial(
                         epoch, step + 1, sums[0], sums[1], sums[2], prior + time.perf_counter() - t0, ctx.world))

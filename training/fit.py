@@ -67,8 +67,6 @@ def train(cfg: TrainConfig, resume: str | Path | None = None, extra_epochs_to: i
     setup = resolve_device(device_for(ctx, cfg.run.device), cfg.run.amp, cfg.run.channels_last)
     data = check_data(cfg, run, saved)
     cfg.model.num_classes = len(data.classes)  # 10 for CIFAR-10; an image folder's own count
-    seed_everything(cfg.run.seed)
-    parts = build_parts(cfg, setup, ctx)
     with contextlib.ExitStack() as held:
         if lock and ctx.main:
             took = held.enter_context(FolderLock(run.path, "train")).took_over
@@ -78,7 +76,10 @@ def train(cfg: TrainConfig, resume: str | Path | None = None, extra_epochs_to: i
         cfg.data.val = 0 if split.val is None else len(split.val)  # config.json records the resolved size
         loaders = build_loaders(cfg, setup, ctx, split)
         train_loader, test_loader = loaders.train, loaders.test
-        decided_on = "validation" if loaders.val is not None else "test"
+        steps = len(train_loader) if cfg.optim.max_steps is None else min(len(train_loader), cfg.optim.max_steps)
+        seed_everything(cfg.run.seed)
+        parts = build_parts(cfg, setup, ctx, steps)
+        decided_on = _decided_on(cfg, loaders.val is not None)
         if saved is None:
             state = TrainState(run_id=new_run_id(ctx))
             on_main(ctx, lambda: create_run(run, cfg, state.run_id, data, setup, ctx, parts.bare, loaders.kind,
@@ -86,7 +87,6 @@ def train(cfg: TrainConfig, resume: str | Path | None = None, extra_epochs_to: i
         else:
             state = _resume(ctx, run, cfg, parts, saved, loaders.kind)
             on_main(ctx, lambda: record_resume(run, cfg, setup, ctx, state.epoch, loaders.kind))
-        steps = len(train_loader) if cfg.optim.max_steps is None else min(len(train_loader), cfg.optim.max_steps)
         log(_header(run, cfg, setup, ctx, loaders, steps, state))
         tensorboard = _tensorboard(run) if ctx.main and cfg.run.tensorboard else None
         with Stopper(log) as stopper, run_status(ctx, run, state, parts, steps):
@@ -102,13 +102,16 @@ def train(cfg: TrainConfig, resume: str | Path | None = None, extra_epochs_to: i
                                                                       epoch, steps, sums)
                 val_loss, val_acc = (evaluate_or_stop(parts, loaders.val, setup, ctx, stopper, epoch, steps, sums)[:2]
                                      if loaders.val is not None else (None, None))
-                # The split that decides: validation when held out, else (--val 0) the test set.
+                # The split that decides: validation when held out, else (--val 0) the test set; with a
+                # fixed schedule and no validation nothing decides, and best.pt is the last epoch.
                 loss, acc = (val_loss, val_acc) if val_loss is not None and val_acc is not None else (test_loss, test_acc)
-                parts.scheduler.step(loss)
+                if not parts.per_step:
+                    parts.scheduler.step(loss)  # type: ignore[arg-type]  # ReduceLROnPlateau: the metric
                 row = {"epoch": epoch + 1, "train_loss": sums.loss, "train_acc": sums.acc, "test_loss": test_loss,
                        "test_acc": test_acc, "lr": lr, "seconds": sums.seconds + time.perf_counter() - t_eval,
-                       "img_per_s": sums.seen / max(sums.seconds, 1e-9), "val_loss": val_loss, "val_acc": val_acc}
-                improved = state.record(row, acc)
+                       "img_per_s": sums.seen / max(sums.seconds, 1e-9), "val_loss": val_loss, "val_acc": val_acc,
+                       "wall_seconds": state.wall_seconds}
+                improved = state.record(row, acc, latest=decided_on == "last epoch")
                 on_main(ctx, functools.partial(save_epoch, run, state, parts, labels, probs, improved,
                                                cfg.optim.epochs, _title(cfg, run), decided_on, tensorboard))
                 log(_epoch_line(row, cfg.optim.epochs, improved))
@@ -127,6 +130,15 @@ def train(cfg: TrainConfig, resume: str | Path | None = None, extra_epochs_to: i
 
 def _quiet(message: str) -> None:
     pass
+
+
+def _decided_on(cfg: TrainConfig, has_val: bool) -> str:
+    """What chooses best.pt: the validation split, the test set (--val 0 with the plateau schedule,
+    which the test loss then drives: the original assignment's habit), or nothing (a fixed
+    schedule without validation: best.pt is the last epoch, and the test set decides nothing)."""
+    if has_val:
+        return "validation"
+    return "test" if cfg.optim.schedule == "plateau" else "last epoch"
 
 
 def _requested_device(cfg: TrainConfig, resume: str | Path | None,
@@ -181,11 +193,19 @@ def _header(run: RunDir, cfg: TrainConfig, setup: Any, ctx: Any, loaders: Any, s
     note = f"; {setup.note}" if setup.note else ""
     return (f"run {run.path}: ResNet-18 ({cfg.model.norm} norm{shortcut}) on {setup.describe()}{ranks}; "
             f"{loaders.train.info.count:,} train / {loaders.test.info.count:,} test images"
-            + (f" / {loaders.val.info.count:,} validation (decides the LR and best.pt)" if loaders.val else
-               " (no validation split: the test set decides the LR and best.pt)")
+            + _decides(cfg, loaders.val)
             + f", {steps} steps/epoch of "
             f"{cfg.optim.batch_size}, epochs {start}-{cfg.optim.epochs}{partial}; {loaders.kind} loader "
             f"({loaders.reason}){note}")
+
+
+def _decides(cfg: TrainConfig, val: Any) -> str:
+    schedule = "the LR and best.pt" if cfg.optim.schedule == "plateau" else "best.pt"
+    if val is not None:
+        return f" / {val.info.count:,} validation (decides {schedule})"
+    if cfg.optim.schedule == "plateau":
+        return " (no validation split: the test set decides the LR and best.pt)"
+    return " (no validation split: a fixed schedule, best.pt is the last epoch)"
 
 
 def _epoch_line(row: dict[str, Any], epochs: int, improved: bool) -> str:

@@ -22,6 +22,7 @@ from common.config import OptimConfig, TrainConfig
 from models import build_model
 from training.device import DeviceSetup
 from training.distributed import DistContext
+from training.schedule import Scheduler, build_scheduler, per_step
 
 EVAL_BATCH = 500
 DEFAULT_VAL = 5000  # --val when not given (a tenth of the images when --subset leaves fewer)
@@ -36,14 +37,20 @@ class Parts:
     bare: nn.Module
     step: nn.Module
     optimizer: torch.optim.SGD
-    scheduler: torch.optim.lr_scheduler.ReduceLROnPlateau
+    scheduler: Scheduler
     scaler: torch.amp.GradScaler
     criterion: nn.Module
     distributed: bool
+    classes: int  # the model's output classes (the divergence guard's chance level is ln of it)
 
     @property
     def eval_model(self) -> nn.Module:
         return self.bare if self.distributed else self.step
+
+    @property
+    def per_step(self) -> bool:
+        """The schedule advances after every optimizer step (onecycle), not once per epoch."""
+        return per_step(self.scheduler)
 
     @property
     def lr(self) -> float:
@@ -51,18 +58,18 @@ class Parts:
 
 
 def build_optimizer(model: nn.Module, optim: OptimConfig, device: torch.device, world: int = 1) -> torch.optim.SGD:
-    """SGD; fused on CUDA (one kernel for all parameters instead of a loop of launches).
+    """SGD (Nesterov with --nesterov); fused on CUDA (one kernel for all parameters instead of a
+    loop of launches). Without --decay-all, weight decay applies to conv and linear weights only
+    (parameters with more than one dimension), not to norm scales/shifts and biases.
     `--scale-lr` multiplies the lr by the number of processes (Goyal et al.'s linear rule)."""
     lr = optim.lr * (world if optim.scale_lr else 1)
-    return torch.optim.SGD(model.parameters(), lr=lr, momentum=optim.momentum, weight_decay=optim.weight_decay,
-                           fused=device.type == "cuda" or None)
-
-
-def build_scheduler(optimizer: torch.optim.Optimizer, optim: OptimConfig) -> torch.optim.lr_scheduler.ReduceLROnPlateau:
-    """Stepped once per epoch with the deciding loss (relative threshold, as torch's default mode)."""
-    return torch.optim.lr_scheduler.ReduceLROnPlateau(
-        optimizer, mode="min", factor=optim.plateau_factor, patience=optim.plateau_patience,
-        threshold=optim.plateau_threshold)
+    params: Any = model.parameters()
+    if not optim.decay_all:
+        named = list(model.parameters())
+        params = [{"params": [p for p in named if p.ndim > 1]},
+                  {"params": [p for p in named if p.ndim <= 1], "weight_decay": 0.0}]
+    return torch.optim.SGD(params, lr=lr, momentum=optim.momentum, nesterov=optim.nesterov,
+                           weight_decay=optim.weight_decay, fused=device.type == "cuda" or None)
 
 
 def warmup_factor(optim: OptimConfig, global_step: int) -> float:
@@ -73,7 +80,7 @@ def warmup_factor(optim: OptimConfig, global_step: int) -> float:
     return 1.0 if n <= 0 or global_step >= n else (global_step + 1) / n
 
 
-def build_parts(cfg: TrainConfig, setup: DeviceSetup, ctx: DistContext) -> Parts:
+def build_parts(cfg: TrainConfig, setup: DeviceSetup, ctx: DistContext, steps_per_epoch: int) -> Parts:
     model = build_model(cfg.model).to(setup.device)
     if setup.channels_last:
         model = model.to(memory_format=torch.channels_last)
@@ -87,10 +94,10 @@ def build_parts(cfg: TrainConfig, setup: DeviceSetup, ctx: DistContext) -> Parts
         step = DistributedDataParallel(model, device_ids=ids)
     if cfg.run.compile:
         step = torch.compile(step)  # type: ignore[assignment]  # compile returns a callable module
-    return Parts(bare=model, step=step, optimizer=optimizer, scheduler=build_scheduler(optimizer, cfg.optim),
+    return Parts(bare=model, step=step, optimizer=optimizer, scheduler=build_scheduler(optimizer, cfg.optim, steps_per_epoch),
                  scaler=torch.amp.GradScaler(setup.device.type, enabled=setup.use_scaler),
                  criterion=nn.CrossEntropyLoss(label_smoothing=cfg.optim.label_smoothing),
-                 distributed=ctx.enabled)
+                 distributed=ctx.enabled, classes=cfg.model.num_classes)
 
 
 def loader_workers(requested: int | None, device: torch.device, ctx: DistContext) -> int:

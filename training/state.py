@@ -75,11 +75,12 @@ class TrainState:
     def wall_seconds(self) -> float:
         return self.wall_before + time.perf_counter() - self.started
 
-    def record(self, row: dict[str, Any], score: float) -> bool:
-        """Add an epoch's row; True when `score` beats the best so far (best.pt is then this epoch)."""
+    def record(self, row: dict[str, Any], score: float, latest: bool = False) -> bool:
+        """Add an epoch's row; True when `score` beats the best so far, or always with `latest`
+        (nothing decides: best.pt is then this epoch)."""
         self.rows.append(row)
         self.epoch = int(row["epoch"])
-        if score > self.best_acc:
+        if latest or score > self.best_acc:
             self.best_acc, self.best_epoch = score, self.epoch
             return True
         return False
