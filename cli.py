@@ -186,11 +186,12 @@ def evaluate(
     which: str = typer.Option("best", help="Checkpoint: best or last."),
     recompute: bool = typer.Option(False, "--recompute", help="Run the model over the test set instead of reading saved predictions."),
     data: Path | None = typer.Option(None, help="Folder with test.npz (default: the one the run was trained on)."),
+    tta: bool = typer.Option(False, "--tta", help="Flip test-time augmentation: average each image's and its mirror's softmax (two passes over the test set); the plain accuracy is printed beside it."),
 ) -> None:
     """Overall and per-class test accuracy and a confusion matrix."""
     from cli_analysis import evaluate_command
 
-    evaluate_command(run=run, which=which, recompute=recompute, data=data)
+    evaluate_command(run=run, which=which, recompute=recompute, data=data, tta=tta)
 
 
 @app.command()

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import typer
 
+from common.rundir import RunDir
+
 Echo = Callable[[str], None]
 
 
@@ -31,7 +33,7 @@ def explain_command(run: Path | None = None, layer: Sequence[int] = (3,), count:
     shown = len(result.indices)
     note = f" (only {shown} misclassified)" if shown < count else ""
     echo(f"explained {shown} of {result.misclassified_total:,} misclassified test images{note} with "
-         f"{result.which}.pt ({result.predictions_source}); test indices: "
+         f"{RunDir(result.run).weights_label(result.which)} ({result.predictions_source}); test indices: "
          f"{', '.join(map(str, result.indices))}")
     echo(format_scores(result))
     for path in result.files:
@@ -42,13 +44,16 @@ def explain_command(run: Path | None = None, layer: Sequence[int] = (3,), count:
          f"figures {t['gallery'] + t['figures']:.1f} s) + {imports:.1f} s importing pytorch_grad_cam")
 
 
-def evaluate_command(run: Path | None = None, which: str = "best", recompute: bool = False,
+def evaluate_command(run: Path | None = None, which: str = "best", recompute: bool = False, tta: bool = False,
                      data: Path | None = None, echo: Echo = typer.echo) -> None:
     from analysis.evaluate import evaluate
 
-    result = evaluate(run, which=which, recompute=recompute, data_dir=data, log=_err)
-    echo(f"run {result.run} · {result.which}.pt · {result.source}")
+    result = evaluate(run, which=which, recompute=recompute, data_dir=data, tta=tta, log=_err)
+    echo(f"run {result.run} · {RunDir(result.run).weights_label(result.which)} · {result.source}")
     echo(result.table())
+    if result.plain_accuracy is not None:
+        echo(f"flip TTA {100 * result.accuracy:.2f}% vs {100 * result.plain_accuracy:.2f}% without it "
+             f"({100 * (result.accuracy - result.plain_accuracy):+.2f} points)")
     echo(f"wrote {result.figure}")
     echo(f"wrote {result.json_path}")
 

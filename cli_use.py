@@ -13,6 +13,8 @@ from pathlib import Path
 
 import typer
 
+from common.rundir import RunDir
+
 Echo = Callable[[str], None]
 
 
@@ -31,7 +33,7 @@ def predict_command(paths: Sequence[str | Path], run: Path | None = None, top_k:
     echo(format_table(result))
     t = result.timings
     n = len(result.predictions)
-    echo(f"{n:,} image(s) with {result.which}.pt of run {result.run} in {t['total']:.1f} s "
+    echo(f"{n:,} image(s) with {RunDir(result.run).weights_label(result.which)} of run {result.run} in {t['total']:.1f} s "
          f"(importing torch and loading the model {t['load']:.1f} s, reading images {t['read']:.1f} s, model {t['model']:.1f} s"
          + (f", Grad-CAM and figures {t['cams']:.1f} s" if result.cam_dir else "") + ")")
     if result.cam_dir is not None:
@@ -51,7 +53,7 @@ def export_command(run: Path | None = None, fmt: str = "onnx", which: str = "bes
 
     result = export_model(run, fmt, which, out, data, log=err)
     what = f"ONNX opset {result.opset}" if result.format == "onnx" else "TorchScript"
-    echo(f"wrote {result.path} ({result.size / 1e6:.1f} MB, {what}, from {result.which}.pt of run {result.run})")
+    echo(f"wrote {result.path} ({result.size / 1e6:.1f} MB, {what}, from {RunDir(result.run).weights_label(result.which)} of run {result.run})")
     echo(f"input: {INPUT_SPEC}; output: logits (N, {len(result.classes)}) float32; class names in the "
          "file's metadata")
     echo(result.parity.describe())

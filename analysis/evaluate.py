@@ -16,6 +16,7 @@ from analysis.loading import load_model, load_test_set, open_run
 from analysis.outputs import AnalysisFiles
 from analysis.predictions import get_predictions
 from common.atomic import write_json
+from common.rundir import Predictions
 
 Log = Callable[[str], None]
 
@@ -30,11 +31,12 @@ def confusion_matrix(labels: np.ndarray, preds: np.ndarray, n_classes: int) -> n
 class EvaluationResult:
     run: Path
     which: str
-    source: str  # "saved predictions_best.npz" or "recomputed"
+    source: str  # "saved predictions_best.npz", "recomputed" or "recomputed with flip TTA"
     classes: list[str]
     confusion: np.ndarray  # (K, K) int64, rows = true class
     figure: Path
     json_path: Path
+    plain_accuracy: float | None = None  # with --tta: the accuracy without it, on the same images
 
     @property
     def total(self) -> int:
@@ -71,31 +73,44 @@ class EvaluationResult:
 
 
 def evaluate(run_dir: str | Path | None = None, which: str = "best", recompute: bool = False,
-             data_dir: str | Path | None = None, runs_root: str | Path = "runs",
+             data_dir: str | Path | None = None, runs_root: str | Path = "runs", tta: bool = False,
              log: Log = lambda m: None) -> EvaluationResult:
-    """Accuracy table, confusion matrix figure and JSON from saved (or recomputed) predictions."""
+    """Accuracy table, confusion matrix figure and JSON from saved (or recomputed) predictions.
+
+    `tta`: the table, figure and JSON describe flip-TTA predictions (always computed, never saved
+    over what training recorded); the plain accuracy is reported beside them."""
     inputs = open_run(run_dir, which, data_dir, runs_root)
     # Loading the model even when predictions are saved checks that the checkpoint exists and
     # matches config.json, so the numbers always belong to weights that are really there.
     model = load_model(inputs)
     images, labels = load_test_set(inputs)
     pred, source = get_predictions(inputs, model, images, labels, recompute=recompute, log=log)
+    plain = None
+    if tta:
+        from analysis.predictions import predict_probs
+
+        log(f"computing flip-TTA predictions for {len(images):,} test images on the CPU (two passes)")
+        plain = float((pred.preds == pred.labels).mean()) if len(pred.labels) else 0.0
+        probs = predict_probs(model, images, inputs.mean, inputs.std, tta=True)
+        pred = Predictions(labels.astype(np.int64), probs.argmax(1).astype(np.int64), probs)
+        source = "recomputed with flip TTA"
 
     classes = inputs.classes
     cm = confusion_matrix(pred.labels, pred.preds, len(classes))
     files = AnalysisFiles.of(inputs.run)
     result = EvaluationResult(inputs.run.path, inputs.which, source, classes, cm,
-                              files.confusion_matrix, files.evaluation)
+                              files.confusion_matrix, files.evaluation, plain)
 
     from analysis.figures import plot_confusion_matrix
 
     plot_confusion_matrix(cm, classes, result.figure,
-                          title=f"run {inputs.name}, {inputs.which}.pt · accuracy "
+                          title=f"run {inputs.name}, {inputs.which}.pt{' + flip TTA' if tta else ''} · accuracy "
                                 f"{100 * result.accuracy:.2f}% on {result.total:,} test images")
     write_json(result.json_path, {
         "run": str(inputs.run.path), "checkpoint": f"{inputs.which}.pt", "predictions": source,
         "data_dir": str(inputs.data_dir), "test_images": result.total, "correct": result.correct,
-        "accuracy": round(result.accuracy, 6),
+        "accuracy": round(result.accuracy, 6), "tta": tta,
+        **({"accuracy_without_tta": round(plain, 6)} if plain is not None else {}),
         "per_class": {
             name: {"correct": int(cm[i, i]), "total": int(result.class_totals[i]),
                    "accuracy": None if result.class_totals[i] == 0 else round(float(result.class_accuracy[i]), 6)}

@@ -19,8 +19,12 @@ Log = Callable[[str], None]
 
 
 def predict_probs(model, images: np.ndarray, mean: np.ndarray, std: np.ndarray,
-                  batch_size: int = 500) -> np.ndarray:
-    """Softmax probabilities (N, classes) float32, batch by batch under no_grad on the CPU."""
+                  batch_size: int = 500, tta: bool = False) -> np.ndarray:
+    """Softmax probabilities (N, classes) float32, batch by batch under no_grad on the CPU.
+
+    `tta`: flip test-time augmentation, the mean of the softmax of each image and of its mirror
+    image (the fast CIFAR-10 recipes' TTA: training flips, so both views are in distribution).
+    """
     import torch
 
     model.eval()
@@ -28,7 +32,10 @@ def predict_probs(model, images: np.ndarray, mean: np.ndarray, std: np.ndarray,
     with torch.no_grad():
         for start in range(0, len(images), batch_size):
             x = to_model_input(images[start:start + batch_size], mean, std)
-            out.append(torch.softmax(model(x).float(), dim=1).numpy())
+            probs = torch.softmax(model(x).float(), dim=1)
+            if tta:
+                probs = (probs + torch.softmax(model(x.flip(3)).float(), dim=1)) / 2
+            out.append(probs.numpy())
     if not out:
         raise UserError("the test set is empty; rebuild it with `prepare --force`")
     return np.concatenate(out).astype(np.float32)

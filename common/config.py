@@ -115,6 +115,10 @@ class OptimConfig:
     plateau_patience: int = 2
     plateau_threshold: float = 0.001
     max_steps: int | None = None  # per epoch; for quick looks on a CPU
+    # Exponential moving average of the weights, updated after every optimizer step with this decay
+    # (0 = off; torch.optim.swa_utils, buffers averaged too). When on, evaluation, best.pt's choice
+    # and the analysis commands use the averaged weights.
+    ema: float = 0.0
     # Linear warm-up over the first N steps of the run (training/parts.py: warmup_factor).
     warmup_steps: int = 0
     # torchrun with K processes: lr × K (Goyal et al.'s linear rule), so K× fewer, K× larger
@@ -138,6 +142,8 @@ class OptimConfig:
             raise UserError(f"--plateau-patience must be >= 0, got {self.plateau_patience}")
         if self.warmup_steps < 0:
             raise UserError(f"--warmup-steps must be >= 0, got {self.warmup_steps}")
+        if not 0.0 <= self.ema < 1.0:
+            raise UserError(f"--ema must be a decay in [0, 1) (0 = off), got {self.ema}")
         if self.schedule not in SCHEDULES:
             raise UserError(f"--schedule must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}")
         if not 0.0 <= self.peak_at < 1.0:

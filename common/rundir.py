@@ -131,6 +131,11 @@ class RunDir:
     def train_config(self) -> TrainConfig:
         return TrainConfig.from_dict(self.read_config().get("train", {}))
 
+    def weights_label(self, which: str) -> str:
+        """'best.pt', or 'best.pt (EMA weights)' for a run trained with --ema, whose checkpoints'
+        averaged weights are what its evaluation scored and what the analysis commands load."""
+        return f"{which}.pt" + (" (EMA weights)" if self.train_config().optim.ema > 0 else "")
+
     # ---- metrics -----------------------------------------------------------------------------
     def read_metrics(self) -> list[dict[str, float]]:
         """metrics.csv's rows; an empty or missing cell (val_loss/val_acc of a run trained with

@@ -15,14 +15,15 @@ from models.resnet import build_model
 
 def load_run_model(run: RunDir, which: str = "best") -> nn.Module:
     """The run's model from config.json with the checkpoint's weights, in eval mode (`best` falls
-    back to `last` when no epoch improved yet)."""
+    back to `last` when no epoch improved yet). A run trained with --ema gives its averaged weights
+    (what its evaluation scored; RunDir.weights_label says so)."""
     cfg = run.train_config()
     model = build_model(cfg.model)
     if which == "best" and not run.has_checkpoint("best"):
         which = "last"
     state = run.load_checkpoint(which)
     try:
-        model.load_state_dict(state["model"])
+        model.load_state_dict(state["ema"] if "ema" in state else state["model"])
     except RuntimeError:
         raise UserError(f"{run.checkpoint_path(which)} does not match the model in config.json "
                         f"(norm={cfg.model.norm}); the run directory mixes files from different runs") from None

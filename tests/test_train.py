@@ -18,7 +18,7 @@ from common.rundir import METRIC_FIELDS, RunDir
 from models.loading import load_run_model
 
 ROOT = Path(__file__).resolve().parents[1]
-TIMING = {"seconds", "img_per_s"}
+TIMING = {"seconds", "img_per_s", "wall_seconds"}
 
 
 def tiny_config(data_dir: Path, run_dir: Path, epochs: int = 3, **optim) -> TrainConfig:
@@ -212,3 +212,82 @@ def test_bf16_divergence_stops_with_a_clear_message(prepared_dir, tmp_path):
     with pytest.raises(UserError, match=r"diverged.*in epoch \d+ by step \d+.*lower --lr"):
         run_train(cfg)
     assert RunDir(tmp_path / "nan").read_summary().status == "diverged"
+
+
+def test_onecycle_with_ema_resumes_mid_epoch_bit_identically(prepared_dir, tmp_path, monkeypatch):
+    """A stop after step 1 of epoch 2 (of 2 × 2 steps) and a resume give the uninterrupted run's
+    metrics, weights, EMA weights and lr, with the per-step schedule and the EMA in the checkpoint."""
+    import training.epoch as epoch_module
+    import training.fit as fit_module
+    from training.epoch import Interrupted
+
+    fast = {"schedule": "onecycle", "ema": 0.5, "nesterov": True, "decay_all": False, "label_smoothing": 0.1}
+    reference = run_train(tiny_config(prepared_dir, tmp_path / "ref", epochs=2, **fast)).run
+    stoppers: list = []
+
+    class RecordedStopper(epoch_module.Stopper):
+        def __init__(self, log):
+            super().__init__(log)
+            stoppers.append(self)
+
+    real_step, steps = epoch_module._optimizer_step, []
+
+    def step_then_signal(parts, factor):
+        real_step(parts, factor)
+        steps.append(1)
+        if len(steps) == 3:  # the first step of epoch 2
+            stoppers[-1].requested = "SIGTERM"
+
+    monkeypatch.setattr(fit_module, "Stopper", RecordedStopper)
+    monkeypatch.setattr(epoch_module, "_optimizer_step", step_then_signal)
+    cut = tmp_path / "cut"
+    with pytest.raises(Interrupted, match="stopped in epoch 2 after step 1"):
+        run_train(tiny_config(prepared_dir, cut, epochs=2, **fast))
+    monkeypatch.undo()
+    saved = torch.load(RunDir(cut).checkpoint_path("last"), weights_only=True)
+    assert saved["partial"]["step"] == 1 and saved["ema_updates"] == 3 and saved["scheduler"]["last_epoch"] == 3
+
+    run_train(tiny_config(prepared_dir, cut, epochs=2, **fast), resume=cut)
+    assert metrics_without_timing(RunDir(cut)) == metrics_without_timing(reference)
+    a = torch.load(reference.checkpoint_path("last"), weights_only=True)
+    b = torch.load(RunDir(cut).checkpoint_path("last"), weights_only=True)
+    for key in ("model", "ema"):
+        assert all(torch.equal(a[key][k], b[key][k]) for k in a[key]), key
+    assert a["scheduler"]["last_epoch"] == b["scheduler"]["last_epoch"] == 4
+    assert not any(torch.equal(a["ema"][k], a["model"][k]) for k in a["model"] if k.endswith("conv1.weight"))
+    # the analysis commands load the averaged weights and say so
+    model = load_run_model(reference, "last")
+    assert all(torch.equal(v, a["ema"][k]) for k, v in model.state_dict().items())
+    assert reference.weights_label("best") == "best.pt (EMA weights)"
+    assert reference.read_summary().decided_on == "last epoch" and reference.read_summary().best_epoch == 2
+
+
+def test_the_guard_stops_a_finite_blow_up(prepared_dir, tmp_path, monkeypatch):
+    """lr 1e6 with BatchNorm shortcuts keeps the loss finite but far above chance; the guard (here
+    over 1-step windows: the tiny run has 2 steps an epoch) ends the run as diverged, naming it."""
+    from training.epoch import BlowUpGuard
+
+    monkeypatch.setattr(BlowUpGuard, "WINDOW", 1)
+    with pytest.raises(UserError, match=r"diverged: the train loss averaged .* above the limit 6\.91"):
+        run_train(tiny_config(prepared_dir, tmp_path / "blown", epochs=3, lr=1e6))
+    assert RunDir(tmp_path / "blown").read_summary().status == "diverged"
+
+
+def test_flip_tta_reports_both_accuracies(full_run):
+    """evaluate --tta scores the mean of each image's and its mirror's softmax, and reports the
+    plain accuracy (the saved predictions') beside it."""
+    from analysis.evaluate import evaluate
+    from analysis.loading import load_model, load_test_set, open_run
+    from analysis.predictions import predict_probs
+
+    result = evaluate(full_run.run.path, which="last", tta=True)
+    saved = full_run.run.read_predictions("last")
+    assert result.plain_accuracy == pytest.approx(saved.accuracy)
+    inputs = open_run(full_run.run.path, "last")
+    images, labels = load_test_set(inputs)
+    model = load_model(inputs)
+    both = (predict_probs(model, images, inputs.mean, inputs.std)
+            + predict_probs(model, images[:, :, ::-1], inputs.mean, inputs.std)) / 2
+    assert result.accuracy == pytest.approx(float((both.argmax(1) == labels).mean()))
+    report = json.loads(result.json_path.read_text())
+    assert report["tta"] is True and report["accuracy_without_tta"] == pytest.approx(saved.accuracy, abs=1e-6)

@@ -57,9 +57,9 @@ class BlowUpGuard:
     WINDOW = 50
     FACTOR = 3.0
 
-    def __init__(self, classes: int, window: int = WINDOW, factor: float = FACTOR):
-        self.limit = factor * math.log(max(classes, 2))
-        self.window = window
+    def __init__(self, classes: int, window: int | None = None, factor: float | None = None):
+        self.limit = (factor or self.FACTOR) * math.log(max(classes, 2))
+        self.window = window or self.WINDOW
         self.marks: deque[tuple[int, float, float]] = deque()  # (step, global loss sum, global seen)
 
     def mean_above_limit(self, step: int, loss_sum: float, seen: float) -> float | None:
@@ -129,6 +129,7 @@ class EpochSums:
     correct: float
     seen: float
     seconds: float  # training seconds, including those before a resume
+    lr: float  # the lr at the epoch's first step (a per-step schedule moves it within the epoch)
 
     @property
     def loss(self) -> float:
@@ -146,6 +147,7 @@ def train_epoch(epoch: int, parts: Parts, loader: Any, setup: DeviceSetup, ctx: 
     # stop flag) is read every 20 steps; on the CPU reading it is free, so every step is checked.
     check_every = 20 if setup.device.type == "cuda" else 1
     skip = partial.step if partial else 0
+    first_lr = partial.lr if partial is not None and partial.lr is not None else parts.lr
     prior = partial.seconds if partial else 0.0
     # Local running sums; under torchrun rank 0 carries the restored global sums.
     loss_sum = torch.zeros((), device=setup.device, dtype=torch.float64)
@@ -175,6 +177,7 @@ def train_epoch(epoch: int, parts: Parts, loader: Any, setup: DeviceSetup, ctx: 
             _optimizer_step(parts, warmup_factor(optim, epoch * steps + step))
             if parts.per_step:
                 parts.scheduler.step()  # type: ignore[call-arg]  # LambdaLR: no metric
+            parts.update_ema()
             loss_sum += loss.detach().double() * len(y)
             correct += (logits.detach().argmax(1) == y).sum()
             seen += len(y)
@@ -189,13 +192,14 @@ def train_epoch(epoch: int, parts: Parts, loader: Any, setup: DeviceSetup, ctx: 
                     raise Diverged(blown, epoch, step, window=guard.window, limit=guard.limit)
                 if flags > 0:
                     raise StopRequested(stopper.requested or "SIGTERM", Partial(
-                        epoch, step + 1, sums[0], sums[1], sums[2], prior + time.perf_counter() - t0, ctx.world))
+                        epoch, step + 1, sums[0], sums[1], sums[2], prior + time.perf_counter() - t0, ctx.world,
+                        first_lr))
                 elapsed = prior + time.perf_counter() - t0
                 progress.set(loss=f"{mean:.3f}", acc=f"{100 * sums[1] / max(sums[2], 1):.1f}%",
                              img_s=f"{sums[2] / max(elapsed, 1e-9):,.0f}")
             progress.update(1)
     progress.close()
-    return EpochSums(sums[0], sums[1], sums[2], prior + time.perf_counter() - t0)
+    return EpochSums(sums[0], sums[1], sums[2], prior + time.perf_counter() - t0, first_lr)
 
 
 def _optimizer_step(parts: Parts, factor: float) -> None:
@@ -258,8 +262,10 @@ def evaluate_or_stop(parts: Parts, loader: Any, setup: DeviceSetup, ctx: DistCon
     ranks (DDP syncs buffers only before each forward), so rank 0's are broadcast first: every rank
     then scores its shard with the same model, and the end-of-run weight digests agree."""
     ctx.broadcast_buffers(parts.bare)
+    if parts.ema is not None:
+        ctx.broadcast_buffers(parts.ema.module)
     try:
         return evaluate_loader(parts.eval_model, loader, setup, ctx, stopper)
     except _StopDuringEval:
         raise StopRequested(stopper.requested or "SIGTERM", Partial(
-            epoch, steps, sums.loss_sum, sums.correct, sums.seen, sums.seconds, ctx.world)) from None
+            epoch, steps, sums.loss_sum, sums.correct, sums.seen, sums.seconds, ctx.world, sums.lr)) from None

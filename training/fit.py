@@ -91,7 +91,6 @@ def train(cfg: TrainConfig, resume: str | Path | None = None, extra_epochs_to: i
         tensorboard = _tensorboard(run) if ctx.main and cfg.run.tensorboard else None
         with Stopper(log) as stopper, run_status(ctx, run, state, parts, steps):
             for epoch in range(state.epoch, cfg.optim.epochs):
-                lr = parts.lr
                 bar = Progress(steps, state.partial.step if state.partial else 0,
                                f"epoch {epoch + 1}/{cfg.optim.epochs}", progress and ctx.main, log)
                 sums = train_epoch(epoch, parts, train_loader, setup, ctx, cfg.optim, steps, stopper, bar,
@@ -108,7 +107,7 @@ def train(cfg: TrainConfig, resume: str | Path | None = None, extra_epochs_to: i
                 if not parts.per_step:
                     parts.scheduler.step(loss)  # type: ignore[arg-type]  # ReduceLROnPlateau: the metric
                 row = {"epoch": epoch + 1, "train_loss": sums.loss, "train_acc": sums.acc, "test_loss": test_loss,
-                       "test_acc": test_acc, "lr": lr, "seconds": sums.seconds + time.perf_counter() - t_eval,
+                       "test_acc": test_acc, "lr": sums.lr, "seconds": sums.seconds + time.perf_counter() - t_eval,
                        "img_per_s": sums.seen / max(sums.seconds, 1e-9), "val_loss": val_loss, "val_acc": val_acc,
                        "wall_seconds": state.wall_seconds}
                 improved = state.record(row, acc, latest=decided_on == "last epoch")

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from common.config import OptimConfig, TrainConfig
 from models import build_model
@@ -42,9 +43,18 @@ class Parts:
     criterion: nn.Module
     distributed: bool
     classes: int  # the model's output classes (the divergence guard's chance level is ln of it)
+    ema: AveragedModel | None = None  # --ema: the averaged weights (`ema.module`), what evaluation scores
+
+    def update_ema(self) -> None:
+        if self.ema is not None:
+            self.ema.update_parameters(self.bare)
 
     @property
     def eval_model(self) -> nn.Module:
+        """What evaluation scores: the averaged weights under --ema, else the model (`bare` under
+        torchrun, where DDP's forward would expect a matching backward)."""
+        if self.ema is not None:
+            return self.ema.module
         return self.bare if self.distributed else self.step
 
     @property
@@ -97,7 +107,15 @@ def build_parts(cfg: TrainConfig, setup: DeviceSetup, ctx: DistContext, steps_pe
     return Parts(bare=model, step=step, optimizer=optimizer, scheduler=build_scheduler(optimizer, cfg.optim, steps_per_epoch),
                  scaler=torch.amp.GradScaler(setup.device.type, enabled=setup.use_scaler),
                  criterion=nn.CrossEntropyLoss(label_smoothing=cfg.optim.label_smoothing),
-                 distributed=ctx.enabled, classes=cfg.model.num_classes)
+                 distributed=ctx.enabled, classes=cfg.model.num_classes, ema=build_ema(model, cfg.optim.ema))
+
+
+def build_ema(model: nn.Module, decay: float) -> AveragedModel | None:
+    """torch's AveragedModel with an EMA rule over parameters and buffers (the norms' running
+    statistics follow the weights they belong to); None when --ema is 0."""
+    if decay <= 0:
+        return None
+    return AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
 
 
 def loader_workers(requested: int | None, device: torch.device, ctx: DistContext) -> int:

@@ -58,6 +58,7 @@ class Partial:
     seen: float
     seconds: float  # train seconds spent in it before the stop
     world: int  # processes then: the shards (and so the skipped batches) depend on it
+    lr: float | None = None  # the lr at the epoch's first step (metrics.csv's lr); None in older checkpoints
 
 
 @dataclass
@@ -94,7 +95,9 @@ class TrainState:
                 "scheduler": parts.scheduler.state_dict(), "scaler": parts.scaler.state_dict(), "rng": rng_state(),
                 "epoch": self.epoch if partial is None else partial.epoch, "best_acc": self.best_acc,
                 "best_epoch": self.best_epoch, "wall_seconds": self.wall_seconds,
-                "partial": asdict(partial) if partial is not None else None}
+                "partial": asdict(partial) if partial is not None else None,
+                **({"ema": parts.ema.module.state_dict(), "ema_updates": int(parts.ema.n_averaged)}
+                   if parts.ema is not None else {})}
 
     @classmethod
     def restore(cls, saved: dict[str, Any], parts: Parts, rows: list[dict[str, float]], where: str) -> TrainState:
@@ -103,6 +106,9 @@ class TrainState:
             parts.bare.load_state_dict(saved["model"])
             parts.optimizer.load_state_dict(saved["optimizer"])
             parts.scheduler.load_state_dict(saved["scheduler"])
+            if parts.ema is not None:
+                parts.ema.module.load_state_dict(saved["ema"])
+                parts.ema.n_averaged.fill_(int(saved["ema_updates"]))
         except (RuntimeError, KeyError, ValueError):
             raise UserError(f"{where} does not match this run's config; the run directory mixes files from "
                             "different runs") from None
