@@ -109,10 +109,15 @@ FLAGS: tuple[Flag, ...] = (
          "and for CPUs with native bf16 (AVX512-BF16 or AMX; measured 2x faster, same learning), fp32 elsewhere.",
          ("--amp/--no-amp",)),
     Flag("channels_last", ("run", "channels_last"), bool | None,
-         "Memory format (default on: faster on CUDA and, measured, on CPU).", ("--channels-last/--no-channels-last",)),
+         "Memory format. Default: channels-last on the CPU (measured faster there); on CUDA channels-last for "
+         "--norm batch and NCHW for layer and group (CUDA group norm has no channels-last kernel).",
+         ("--channels-last/--no-channels-last",)),
     Flag("compile", ("run", "compile"), bool | None, "torch.compile the model.", ("--compile/--no-compile",)),
     Flag("tensorboard", ("run", "tensorboard"), bool | None, "Write TensorBoard event files under RUN/tb/.",
          ("--tensorboard/--no-tensorboard",)),
+    Flag("test_every", ("run", "test_every"), str | None,
+         "When to score the test set: epoch (every epoch), or needed (when it decides the LR, at the final epoch and "
+         "at new bests on validation). Default: epoch on the CPU, needed on CUDA."),
     Flag("quiet", None, bool | None, "No progress output.", ("--quiet/--no-quiet",)),
 )
 

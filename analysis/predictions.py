@@ -51,6 +51,12 @@ def get_predictions(inputs: RunInputs, model, images: np.ndarray, labels: np.nda
     """
     path = inputs.run.predictions_path(inputs.which)
     saved = None if recompute else inputs.run.read_predictions(inputs.which)
+    if saved is not None and saved.epoch is not None:
+        ckpt_epoch = inputs.run.checkpoint_epoch(inputs.which)
+        if ckpt_epoch is not None and ckpt_epoch != saved.epoch:
+            log(f"{path.name} was scored after epoch {saved.epoch} but {inputs.which}.pt holds epoch {ckpt_epoch} "
+                "(a run stopped between its writes); recomputing them")
+            saved, recompute = None, True
     if saved is not None:
         _check_matches(saved, labels, path.name, inputs)
         return saved, f"saved {path.name}"

@@ -18,6 +18,7 @@ NORMS = ("layer", "group", "batch")
 BORDERS = ("constant", "reflect")
 LOADERS = ("ffcv", "torch", "auto")
 SCHEDULES = ("plateau", "onecycle")
+TEST_EVERY = ("epoch", "needed")
 
 
 @dataclass
@@ -189,9 +190,13 @@ class RunConfig:
     seed: int = 0
     device: str = "auto"
     amp: bool | None = None  # None = the device's default: autocast on CUDA and on CPUs with native bf16
-    channels_last: bool | None = None  # None = best measured default for the device
+    channels_last: bool | None = None  # None = the device's default for the norm (training/device.py)
     compile: bool = False
     tensorboard: bool = True  # event files under RUN/tb/ (metrics.csv stays the source of truth)
+    # When the test set is scored (training/epoch.py score_test): "epoch", or "needed" (when it
+    # decides, at the final epoch and at new bests on validation). None = "epoch" on the CPU,
+    # "needed" on CUDA.
+    test_every: str | None = None
 
 
 @dataclass
@@ -213,6 +218,8 @@ class TrainConfig:
         self.augment.validate()
         self.model.validate()
         self.optim.validate()
+        if self.run.test_every not in (None, *TEST_EVERY):
+            raise UserError(f"--test-every must be one of {', '.join(TEST_EVERY)}, got {self.run.test_every!r}")
         return self
 
     def to_dict(self) -> dict[str, Any]:
@@ -248,7 +255,7 @@ RECIPES = ("default", "assignment", "fast")
 
 # (section, field) a resumed run may change: how it runs, not what it learns. The data folder may
 # move (resume checks its sha256s against the run's record).
-ENVIRONMENT = (("run", "device"), ("run", "compile"), ("run", "amp"), ("run", "channels_last"), ("run", "tensorboard"),
+ENVIRONMENT = (("run", "device"), ("run", "compile"), ("run", "amp"), ("run", "channels_last"), ("run", "tensorboard"), ("run", "test_every"),
                ("data", "workers"), ("data", "data_dir"), ("data", "loader"))
 
 

@@ -10,6 +10,7 @@ the functions, so importing this module stays instant.
 from __future__ import annotations
 
 import io
+import math
 from pathlib import Path
 from typing import IO, Any, Literal
 
@@ -51,17 +52,27 @@ def figure_png(fig: Any) -> bytes:
     return buf.getvalue()
 
 
-def curves_figure(rows: list[dict[str, float]], title: str = "") -> Any:
-    """Train (dashed) vs test (solid) loss and accuracy per epoch, LR drops dotted: the run's
+def _has(rows: list[dict[str, float]], key: str) -> bool:
+    return any(isinstance(r.get(key), (int, float)) and math.isfinite(r[key]) for r in rows)
+
+
+def curves_figure(rows: list[dict[str, float]], title: str = "", lr_drops: bool = True) -> Any:
+    """Train (dashed), validation (dotted, when held out) and test (solid) loss and accuracy per
+    epoch, plateau LR drops as grey lines (`lr_drops`: off for a per-step schedule, whose lr falls
+    every epoch), and test accuracy against wall-clock minutes when metrics.csv has them: the run's
     curves.png (written by training) and the report's stand-in when that file is missing."""
     from matplotlib.ticker import MaxNLocator
 
-    fig = new_figure(10, 3.8, layout="constrained")
-    ax_loss, ax_acc = fig.subplots(1, 2)
+    timed = _has(rows, "wall_seconds")
+    fig = new_figure(15 if timed else 10, 3.8, layout="constrained")
+    axes = fig.subplots(1, 3 if timed else 2)
+    ax_loss, ax_acc = axes[0], axes[1]
     epochs = [r["epoch"] for r in rows]
-    drops = [r["epoch"] for prev, r in zip(rows, rows[1:]) if r["lr"] < prev["lr"] * 0.999]
+    drops = [r["epoch"] for prev, r in zip(rows, rows[1:]) if r["lr"] < prev["lr"] * 0.999] if lr_drops else []
     for ax, key, scale, label in ((ax_loss, "loss", 1, "cross-entropy loss"), (ax_acc, "acc", 100, "accuracy (%)")):
         ax.plot(epochs, [scale * r[f"train_{key}"] for r in rows], "o--", color="tab:blue", label="train")
+        if _has(rows, f"val_{key}"):
+            ax.plot(epochs, [scale * r[f"val_{key}"] for r in rows], "s:", color="tab:green", label="validation")
         ax.plot(epochs, [scale * r[f"test_{key}"] for r in rows], "o-", color="tab:orange", label="test")
         for i, e in enumerate(drops):
             # LR in row e is the LR used during epoch e, so the drop happened before it.
@@ -72,6 +83,15 @@ def curves_figure(rows: list[dict[str, float]], title: str = "") -> Any:
         ax.legend(fontsize=FONT)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.tick_params(labelsize=FONT)
+    if timed:
+        ax_time = axes[2]
+        ax_time.plot([r["wall_seconds"] / 60 for r in rows], [100 * r["test_acc"] for r in rows], "o-",
+                     color="tab:orange", label="test")
+        ax_time.set_xlabel("wall-clock minutes", fontsize=FONT + 1)
+        ax_time.set_ylabel("accuracy (%)", fontsize=FONT + 1)
+        ax_time.set_title("Time to accuracy", fontsize=FONT + 1)
+        ax_time.grid(alpha=0.3)
+        ax_time.tick_params(labelsize=FONT)
     ax_loss.set_title("Loss", fontsize=FONT + 1)
     ax_acc.set_title("Accuracy", fontsize=FONT + 1)
     if title:

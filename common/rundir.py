@@ -21,6 +21,7 @@ import dataclasses
 import io
 import json
 import os
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -45,6 +46,7 @@ class Predictions:
     labels: np.ndarray  # (N,) int64, true class per test index
     preds: np.ndarray  # (N,) int64
     probs: np.ndarray  # (N, 10) float32, softmax
+    epoch: int | None = None  # epochs finished when they were scored; None in files from before the tag
 
     @property
     def misclassified(self) -> np.ndarray:
@@ -119,6 +121,14 @@ class RunDir:
     def write_config(self, record: dict[str, Any]) -> None:
         write_json(self.config_path, record)
 
+    def is_project_run(self) -> bool:
+        """config.json is a run record of this project (written by `train`), whatever its state."""
+        try:
+            raw = json.loads(self.config_path.read_text())
+        except (OSError, ValueError):
+            return False
+        return isinstance(raw, dict) and "run_id" in raw and isinstance(raw.get("train"), dict)
+
     def read_config(self) -> dict[str, Any]:
         if not self.config_path.is_file():
             raise UserError(f"{self.path} is not a run directory (no config.json); pass a folder "
@@ -184,11 +194,16 @@ class RunDir:
         return self.read_summary().finished
 
     # ---- predictions -------------------------------------------------------------------------
-    def write_predictions(self, which: str, labels: np.ndarray, probs: np.ndarray) -> None:
+    def write_predictions(self, which: str, labels: np.ndarray, probs: np.ndarray, epoch: int | None = None) -> None:
+        """`epoch`: the epochs finished when scored, the same number as the checkpoint's "epoch", so
+        a reader can tell predictions that ran ahead of a checkpoint whose write failed."""
+        arrays: dict[str, Any] = {"labels": labels.astype(np.int64), "preds": probs.argmax(1).astype(np.int64),
+                                  "probs": probs.astype(np.float32)}
+        if epoch is not None:
+            arrays["epoch"] = np.int64(epoch)
         with atomic_path(self.predictions_path(which)) as tmp:
             with open(tmp, "wb") as fh:
-                np.savez(fh, labels=labels.astype(np.int64), preds=probs.argmax(1).astype(np.int64),
-                         probs=probs.astype(np.float32))
+                np.savez(fh, **arrays)
 
     def read_predictions(self, which: str = "last") -> Predictions | None:
         path = self.predictions_path(which)
@@ -196,8 +211,9 @@ class RunDir:
             return None
         try:
             with np.load(path, allow_pickle=False) as z:
-                return Predictions(z["labels"], z["preds"], z["probs"])
-        except (ValueError, KeyError, OSError):
+                epoch = int(z["epoch"]) if "epoch" in z.files else None
+                return Predictions(z["labels"], z["preds"], z["probs"], epoch)
+        except (ValueError, KeyError, OSError, EOFError, zipfile.BadZipFile):
             raise UserError(f"{path} is damaged; delete it and it will be recomputed") from None
 
     # ---- checkpoints -------------------------------------------------------------------------
@@ -225,6 +241,17 @@ class RunDir:
                 os.fsync(fh.fileno())
             if also_best:
                 link_atomic(tmp, self.checkpoint_path("best"))
+
+    def checkpoint_epoch(self, which: str = "last") -> int | None:
+        """The epochs finished in `which`.pt (memory-mapped: the weights are not read); None when
+        the file is missing or unreadable (loading it reports why)."""
+        import torch
+
+        try:
+            return int(torch.load(self.checkpoint_path(which), map_location="cpu", weights_only=True,
+                                  mmap=True)["epoch"])
+        except Exception:  # noqa: BLE001 - any unreadable file: load_checkpoint says what is wrong
+            return None
 
     def load_checkpoint(self, which: str = "last") -> dict[str, Any]:
         """Load without executing code (weights_only); say so clearly when it cannot be read."""

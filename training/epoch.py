@@ -231,7 +231,7 @@ def evaluate_loader(model: nn.Module, loader: Any, setup: DeviceSetup, ctx: Dist
     ctx = ctx or DistContext()
     order = loader.order() if ctx.enabled else None
     model.eval()
-    losses, probs, labels = [], [], []
+    losses, probs, labels = [], [], []  # kept on the device, moved to the host once at the end
     # On the CPU the test pass runs in fp32 even when training uses bf16 autocast: it is a small
     # part of an epoch there, and saved predictions then equal what analysis recomputes (fp32).
     precision = setup.autocast() if setup.device.type == "cuda" else contextlib.nullcontext()
@@ -240,12 +240,12 @@ def evaluate_loader(model: nn.Module, loader: Any, setup: DeviceSetup, ctx: Dist
             if stopper is not None and stopper.requested and not ctx.enabled:
                 raise _StopDuringEval
             logits = model(setup.batch(x)).float()
-            losses.append(F.cross_entropy(logits, y, reduction="none").double().cpu())
-            probs.append(torch.softmax(logits, 1).cpu())
-            labels.append(y.cpu())
-    loss = torch.cat(losses).numpy()
-    p = torch.cat(probs).numpy()
-    t = torch.cat(labels).numpy()
+            losses.append(F.cross_entropy(logits, y, reduction="none").double())
+            probs.append(torch.softmax(logits, 1))
+            labels.append(y)
+    loss = torch.cat(losses).cpu().numpy()
+    p = torch.cat(probs).cpu().numpy()
+    t = torch.cat(labels).cpu().numpy()
     if ctx.enabled:
         assert order is not None
         parts = ctx.gather((order[:len(t)], loss, t, p))
@@ -254,6 +254,14 @@ def evaluate_loader(model: nn.Module, loader: Any, setup: DeviceSetup, ctx: Dist
         loss, t, p = (np.concatenate([part[i] for part in parts])[first] for i in (1, 2, 3))
     n = max(len(t), 1)
     return float(loss.sum() / n), float((p.argmax(1) == t).mean()), t, p
+
+
+def score_test(every: str, decided_on: str, last: bool, new_best_on_val: bool) -> bool:
+    """Whether an epoch scores the test set: every epoch with `every` "epoch" (the CPU default,
+    where a test pass is small beside an epoch's steps); with "needed" (the CUDA default) only when
+    the record needs it: the test set decides (plateau with --val 0), the final epoch, or a new best
+    on validation (best.pt's test accuracy and predictions)."""
+    return every == "epoch" or decided_on == "test" or last or new_best_on_val
 
 
 def evaluate_or_stop(parts: Parts, loader: Any, setup: DeviceSetup, ctx: DistContext, stopper: Stopper,

@@ -28,11 +28,11 @@ from common.lock import FolderLock
 from common.rundir import RunDir
 from training.device import resolve_device
 from training.distributed import context, device_for
-from training.epoch import Stopper, StopRequested, evaluate_loader, evaluate_or_stop, train_epoch
+from training.epoch import Stopper, StopRequested, evaluate_loader, evaluate_or_stop, score_test, train_epoch
 from training.parts import build_loaders, build_parts, holdout
 from training.progress import Progress
 from training.run_setup import check_data, check_free_space, create_run, new_run_id, open_run, record_resume
-from training.saving import finish, on_main, save_epoch
+from training.saving import BackgroundWriter, draw_curves, finish, on_main, save_epoch
 from training.state import TrainState, seed_everything
 from training.status import run_status
 
@@ -64,7 +64,7 @@ def train(cfg: TrainConfig, resume: str | Path | None = None, extra_epochs_to: i
     ctx = context(_requested_device(cfg, resume, overrides))
     log = log if ctx.main else _quiet
     run, cfg, saved = open_run(ctx, cfg, resume, extra_epochs_to, overrides)
-    setup = resolve_device(device_for(ctx, cfg.run.device), cfg.run.amp, cfg.run.channels_last)
+    setup = resolve_device(device_for(ctx, cfg.run.device), cfg.run.amp, cfg.run.channels_last, cfg.model.norm)
     data = check_data(cfg, run, saved)
     cfg.model.num_classes = len(data.classes)  # 10 for CIFAR-10; an image folder's own count
     with contextlib.ExitStack() as held:
@@ -86,10 +86,13 @@ def train(cfg: TrainConfig, resume: str | Path | None = None, extra_epochs_to: i
                                             split.val))
         else:
             state = _resume(ctx, run, cfg, parts, saved, loaders.kind)
-            on_main(ctx, lambda: record_resume(run, cfg, setup, ctx, state.epoch, loaders.kind))
+            on_main(ctx, lambda: record_resume(run, cfg, setup, ctx, state.epoch, loaders.kind, state.saved_world))
         log(_header(run, cfg, setup, ctx, loaders, steps, state))
         tensorboard = _tensorboard(run) if ctx.main and cfg.run.tensorboard else None
-        with Stopper(log) as stopper, run_status(ctx, run, state, parts, steps):
+        test_every = cfg.run.test_every or ("needed" if setup.device.type == "cuda" else "epoch")
+        writer = BackgroundWriter()  # this epoch's files are written while the next one trains
+        curves = functools.partial(draw_curves, run, state, _title(cfg, run))
+        with Stopper(log) as stopper, run_status(ctx, run, state, parts, steps, writer, curves):
             for epoch in range(state.epoch, cfg.optim.epochs):
                 bar = Progress(steps, state.partial.step if state.partial else 0,
                                f"epoch {epoch + 1}/{cfg.optim.epochs}", progress and ctx.main, log)
@@ -97,10 +100,16 @@ def train(cfg: TrainConfig, resume: str | Path | None = None, extra_epochs_to: i
                                    state.partial)
                 state.partial = None
                 t_eval = time.perf_counter()
-                test_loss, test_acc, labels, probs = evaluate_or_stop(parts, test_loader, setup, ctx, stopper,
-                                                                      epoch, steps, sums)
+                # Validation first: whether the test set is scored may depend on it (epoch.score_test).
                 val_loss, val_acc = (evaluate_or_stop(parts, loaders.val, setup, ctx, stopper, epoch, steps, sums)[:2]
                                      if loaders.val is not None else (None, None))
+                last = epoch + 1 == cfg.optim.epochs
+                scored = None
+                test_loss = test_acc = float("nan")
+                if score_test(test_every, decided_on, last, val_acc is not None and val_acc > state.best_acc):
+                    test_loss, test_acc, labels, probs = evaluate_or_stop(parts, test_loader, setup, ctx, stopper,
+                                                                          epoch, steps, sums)
+                    scored = (labels, probs)
                 # The split that decides: validation when held out, else (--val 0) the test set; with a
                 # fixed schedule and no validation nothing decides, and best.pt is the last epoch.
                 loss, acc = (val_loss, val_acc) if val_loss is not None and val_acc is not None else (test_loss, test_acc)
@@ -111,13 +120,15 @@ def train(cfg: TrainConfig, resume: str | Path | None = None, extra_epochs_to: i
                        "img_per_s": sums.seen / max(sums.seconds, 1e-9), "val_loss": val_loss, "val_acc": val_acc,
                        "wall_seconds": state.wall_seconds}
                 improved = state.record(row, acc, latest=decided_on == "last epoch")
-                on_main(ctx, functools.partial(save_epoch, run, state, parts, labels, probs, improved,
-                                               cfg.optim.epochs, _title(cfg, run), decided_on, tensorboard))
+                on_main(ctx, functools.partial(save_epoch, run, state, parts, scored, improved, cfg.optim.epochs,
+                                               decided_on, writer, tensorboard))
                 log(_epoch_line(row, cfg.optim.epochs, improved))
                 if stopper.agreed(ctx) and epoch + 1 < cfg.optim.epochs:
                     raise StopRequested(stopper.requested or "SIGTERM", None)
+            on_main(ctx, writer.wait)  # the last epoch's files, inside run_status: a failed write is the run's status
         if tensorboard is not None:
             tensorboard.close()
+        on_main(ctx, curves)
         finish(ctx, run, state, parts, cfg.optim.epochs, decided_on)
     best = state.best_row or {}
     return TrainResult(run, state.best_acc, state.best_epoch, cfg.optim.epochs, state.wall_seconds, main=ctx.main,

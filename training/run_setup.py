@@ -20,6 +20,7 @@ from torch import nn
 
 from common.config import ENVIRONMENT, TrainConfig
 from common.errors import UserError
+from common.lock import FolderLock
 from common.records import DataRecord
 from common.rundir import RunDir
 from pipeline.manifest import read_manifest, split_digests, verify_betons
@@ -44,6 +45,16 @@ def package_versions() -> dict[str, str]:
 
 
 def _check_new_run_dir(run: RunDir) -> None:
+    """A new run goes into a missing or empty folder, or one this project started without
+    finishing an epoch (config.json of a run, no last.pt); anything else is someone's files."""
+    if run.path.exists() and not run.path.is_dir():
+        raise UserError(f"--run {run.path} is a file, not a folder; pass a new folder name for the run")
+    if run.path.is_dir() and not run.is_project_run():
+        found = sorted(p.name for p in run.path.iterdir())
+        if found:
+            shown = ", ".join(found[:3]) + (f" and {len(found) - 3} more" if len(found) > 3 else "")
+            raise UserError(f"--run {run.path} is a folder that holds files but no run of this project ({shown}); "
+                            "pass a new or empty folder so nothing there is overwritten")
     if run.finished:
         raise UserError(f"{run.path} already holds a finished run; pass a new --run name "
                         f"(or --resume {run.path} to continue it with more --epochs)")
@@ -67,6 +78,8 @@ def open_run(ctx: DistContext, cfg: TrainConfig, resume: str | Path | None, extr
     if not run.path.is_dir():
         raise UserError(f"--resume {run.path}: no such run directory")
     if not run.has_checkpoint("last"):
+        with FolderLock(run.path, "train"):  # a run still in its first epoch: the refusal names its holder
+            pass
         raise UserError(f"--resume {run.path}: it has no last.pt checkpoint to continue from; "
                         "start a new run instead")
     saved = run.read_config()
@@ -151,8 +164,11 @@ def create_run(run: RunDir, cfg: TrainConfig, run_id: str, data: DataRecord, set
 
 
 def record_resume(run: RunDir, cfg: TrainConfig, setup: DeviceSetup, ctx: DistContext, at_epoch: int,
-                  loader: str) -> None:
-    """Note in config.json what this process resumed with, when its environment differs."""
+                  loader: str, saved_world: int | None = None) -> None:
+    """Note in config.json what this process resumed with, when its environment differs.
+    `saved_world`: the processes that wrote the checkpoint resumed from (None: not recorded there,
+    taken to be config.json's). Under --scale-lr a change of processes rescaled the lr
+    (training/state.py `rescale_lr`); the entry says by how much."""
     config = run.read_config()
     old = TrainConfig.from_dict(config["train"])
     changed = {f"{s}.{n}": [getattr(getattr(old, s), n), getattr(getattr(cfg, s), n)] for s, n in ENVIRONMENT
@@ -160,17 +176,22 @@ def record_resume(run: RunDir, cfg: TrainConfig, setup: DeviceSetup, ctx: DistCo
     device = setup.describe()
     if device != config.get("device"):
         changed["device"] = [config.get("device"), device]
-    if ctx.world != config.get("processes", 1):
-        changed["processes"] = [config.get("processes", 1), ctx.world]
+    before = saved_world if saved_world is not None else int(config.get("processes", 1))
+    if ctx.world != before:
+        changed["processes"] = [before, ctx.world]
     if loader != config.get("loader", "ffcv"):
         changed["loader"] = [config.get("loader", "ffcv"), loader]
     if not changed and cfg.optim.epochs == old.optim.epochs:
         return
     resumes = list(config.get("resumes", []))
-    resumes.append({"at_epoch": at_epoch, "epochs": cfg.optim.epochs, "changed": changed,
-                    "when": datetime.now().isoformat(timespec="seconds")})
+    entry: dict[str, Any] = {"at_epoch": at_epoch, "epochs": cfg.optim.epochs, "changed": changed,
+                             "when": datetime.now().isoformat(timespec="seconds")}
+    if cfg.optim.scale_lr and ctx.world != before:
+        entry["lr_rescaled_by"] = ctx.world / before
+    resumes.append(entry)
     config["resumes"] = resumes
     config["device"], config["precision"], config["loader"] = device, setup.precision, loader
+    config["processes"], config["global_batch_size"] = ctx.world, ctx.world * cfg.optim.batch_size
     for section, name in ENVIRONMENT:
         config["train"][section][name] = getattr(getattr(cfg, section), name)
     config["train"]["optim"]["epochs"] = cfg.optim.epochs

@@ -2,16 +2,25 @@
 
 All of it runs on rank 0 only (through `on_main`), and every file is atomic. The order inside
 `save_epoch` is what makes a crash at any point recoverable: predictions and best.pt first,
-last.pt (the resume point) next, metrics after it; resume trims metrics to last.pt's epoch.
+last.pt (the resume point) next, metrics after it; resume trims metrics to last.pt's epoch, and
+predictions carry their epoch, which analysis checks against the checkpoint's.
+
+An epoch's files are written by a `BackgroundWriter` thread from a CPU snapshot taken between
+steps, so the next epoch's first step does not wait for an 85 MB fsync'd checkpoint (every torchrun
+rank would wait with rank 0). One group is in flight at a time: the next save, a stop, and the end
+of the run wait for it first, and an error in it (a full disk) is raised there. The curves figure
+is drawn once, at the end of the run or when it stops.
 """
 
 from __future__ import annotations
 
 import hashlib
+import threading
 from collections.abc import Callable
 from typing import Any, TypeVar
 
 import numpy as np
+import torch
 
 from common.errors import UserError
 from common.figures import curves_figure, save_figure
@@ -46,22 +55,78 @@ def summary_of(state: TrainState, status: Status, epochs: int, decided_on: str) 
     best, last = state.best_row, (state.rows[-1] if state.rows else None)
     return RunSummary(status=status, epochs_done=state.epoch, epochs=epochs, best_acc=state.best_acc,
                       best_epoch=state.best_epoch, wall_seconds=state.wall_seconds, decided_on=decided_on,
-                      best_test_acc=best["test_acc"] if best else None,
-                      final_test_acc=last["test_acc"] if last else None)
+                      best_test_acc=_scored(best), final_test_acc=_scored(last))
 
 
-def save_epoch(run: RunDir, state: TrainState, parts: Parts, labels: np.ndarray, probs: np.ndarray,
-               improved: bool, epochs: int, title: str, decided_on: str, tensorboard: Any = None) -> None:
-    checkpoint = state.checkpoint(parts)
-    run.write_predictions("last", labels, probs)
-    if improved:
-        run.write_predictions("best", labels, probs)
-    run.save_checkpoint("last", checkpoint, also_best=improved)
-    run.write_metrics(state.rows)
-    save_figure(curves_figure(state.rows, title), run.curves_path)
-    run.write_summary(summary_of(state, Status.RUNNING, epochs, decided_on))
+def _scored(row: dict[str, Any] | None) -> float | None:
+    """An epoch's test accuracy; None where the test set was not scored (--test-every needed)."""
+    value = row["test_acc"] if row else None
+    return value if value is not None and value == value else None
+
+
+class BackgroundWriter:
+    """Runs one write group at a time in a thread; `wait` joins it and raises what it raised."""
+
+    def __init__(self) -> None:
+        self._thread: threading.Thread | None = None
+        self._error: BaseException | None = None
+
+    def submit(self, group: Callable[[], None]) -> None:
+        self.wait()
+        self._thread = threading.Thread(target=self._run, args=(group,), name="run-writer")
+        self._thread.start()
+
+    def _run(self, group: Callable[[], None]) -> None:
+        try:
+            group()
+        except BaseException as exc:  # handed to the main thread by wait()
+            self._error = exc
+
+    def wait(self) -> None:
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+        if self._error is not None:
+            error, self._error = self._error, None
+            raise error
+
+
+def cpu_snapshot(tree: Any) -> Any:
+    """A copy of every tensor in a (nested) checkpoint dict on the CPU: the training step goes on
+    changing the live tensors in place while the copy is written."""
+    return torch.utils._pytree.tree_map(
+        lambda x: x.detach().to("cpu", copy=True) if isinstance(x, torch.Tensor) else x, tree)
+
+
+def save_epoch(run: RunDir, state: TrainState, parts: Parts, scored: tuple[np.ndarray, np.ndarray] | None,
+               improved: bool, epochs: int, decided_on: str, writer: BackgroundWriter,
+               tensorboard: Any = None) -> None:
+    """Snapshot this epoch's state and write its files in the background. `scored`: the test
+    labels and probabilities, None when the test set was not scored this epoch (then no
+    predictions are written, and those on disk stay tagged with their own epoch)."""
+    checkpoint = cpu_snapshot(state.checkpoint(parts))
+    rows = [dict(r) for r in state.rows]
+    summary = summary_of(state, Status.RUNNING, epochs, decided_on)
+    epoch = state.epoch
+
+    def group() -> None:
+        if scored is not None:
+            run.write_predictions("last", *scored, epoch=epoch)
+            if improved:
+                run.write_predictions("best", *scored, epoch=epoch)
+        run.save_checkpoint("last", checkpoint, also_best=improved)
+        run.write_metrics(rows)
+        run.write_summary(summary)
+
+    writer.submit(group)
     if tensorboard is not None:
         tensorboard.epoch(state.rows[-1])
+
+
+def draw_curves(run: RunDir, state: TrainState, title: str) -> None:
+    """curves.png from the rows so far (validation included): at the end of a run and on a stop."""
+    if state.rows:
+        save_figure(curves_figure(state.rows, title), run.curves_path)
 
 
 def save_partial(run: RunDir, state: TrainState, parts: Parts, partial: Partial) -> None:
@@ -79,10 +144,14 @@ def weight_digest(parts: Parts) -> str:
 
 def finish(ctx: DistContext, run: RunDir, state: TrainState, parts: Parts, epochs: int, decided_on: str) -> None:
     """The final summary. Under torchrun the ranks first compare weight digests: DDP keeps replicas
-    identical by construction, and checking it means a silent desync cannot hide."""
+    identical by construction, and checking it means a silent desync cannot hide. Buffers are not
+    kept in step by DDP (training/parts.py: `broadcast_buffers=False`), so rank 0's are broadcast
+    first, as before an evaluation: the digests then compare the parameters DDP is responsible for,
+    plus the buffers every rank evaluated and rank 0 saved."""
     summary = summary_of(state, Status.FINISHED, epochs, decided_on)
     in_sync = True
     if ctx.enabled:
+        ctx.broadcast_buffers(parts.bare)
         digests = ctx.gather(weight_digest(parts))
         in_sync = all(d == digests[0] for d in digests)
         summary.processes, summary.weights_in_sync, summary.weight_digests = ctx.world, in_sync, digests

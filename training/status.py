@@ -13,7 +13,7 @@ summary.json and one exception for the CLI.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 from common.errors import UserError
 from common.records import Status
@@ -21,16 +21,32 @@ from common.rundir import RunDir
 from training.distributed import DistContext
 from training.epoch import Diverged, Interrupted, StopRequested
 from training.parts import Parts
-from training.saving import on_main, save_partial
+from training.saving import BackgroundWriter, on_main, save_partial
 from training.state import TrainState
 
 
 @contextlib.contextmanager
-def run_status(ctx: DistContext, run: RunDir, state: TrainState, parts: Parts, steps: int) -> Iterator[None]:
+def _settled(ctx: DistContext, writer: BackgroundWriter, curves: Callable[[], None]) -> Iterator[None]:
+    """On the way out of a stopped run: let the epoch's files in flight land first (a partial
+    checkpoint must not race them; their own failure, e.g. a full disk, is then the run's error),
+    and draw the curves so far."""
+    try:
+        yield
+    except BaseException:
+        on_main(ctx, writer.wait)
+        with contextlib.suppress(Exception):
+            on_main(ctx, curves)
+        raise
+
+
+@contextlib.contextmanager
+def run_status(ctx: DistContext, run: RunDir, state: TrainState, parts: Parts, steps: int,
+               writer: BackgroundWriter, curves: Callable[[], None]) -> Iterator[None]:
     resume_hint = f"resume with `python cli.py train --resume {run.path}`"
     on_main(ctx, lambda: run.update_summary(status=Status.RUNNING))
     try:
-        yield
+        with _settled(ctx, writer, curves):
+            yield
     except StopRequested as stop:
         if stop.partial is None:
             on_main(ctx, lambda: run.update_summary(status=Status.INTERRUPTED))

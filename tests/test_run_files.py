@@ -1,0 +1,153 @@
+"""What a run writes and when: a new run never takes over someone's folder, an epoch's files land
+in the background without holding up the next step, stale predictions are never reported, the
+test set is scored when the record needs it, and a resume during the first epoch names the holder."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from common.errors import UserError
+from common.lock import FolderLock
+from common.rundir import RunDir
+from tests.test_train import run_train, tiny_config
+from training.epoch import score_test
+from training.saving import BackgroundWriter
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_a_folder_that_is_not_a_run_is_refused_and_left_as_it_was(prepared_dir, tmp_path):
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    files = {"metrics.csv": "my,own\n1,2\n", "summary.json": '{"mine": true}', "curves.png": "not a figure"}
+    for name, text in files.items():
+        (mine / name).write_text(text)
+    with pytest.raises(UserError, match=r"holds files but no run of this project \(curves.png, metrics.csv, "
+                                        r"summary.json\)"):
+        run_train(tiny_config(prepared_dir, mine, epochs=1))
+    assert {p.name: p.read_text() for p in mine.iterdir()} == files
+    a_file = tmp_path / "a_file"
+    a_file.write_text("keep")
+    with pytest.raises(UserError, match="is a file, not a folder"):
+        run_train(tiny_config(prepared_dir, a_file, epochs=1))
+    assert a_file.read_text() == "keep"
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert run_train(tiny_config(prepared_dir, empty, epochs=1)).epochs_done == 1  # an empty folder is fine
+
+
+def test_resume_during_the_first_epoch_names_the_holder(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.json").write_text('{"run_id": "x", "train": {}}')
+    with FolderLock(run, "train"):
+        proc = subprocess.run([sys.executable, str(ROOT / "cli.py"), "train", "--resume", str(run)],
+                              capture_output=True, text=True, timeout=120)
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr
+    assert "in use by another process" in proc.stderr and "pid" in proc.stderr, proc.stderr
+    proc = subprocess.run([sys.executable, str(ROOT / "cli.py"), "train", "--resume", str(run)],
+                          capture_output=True, text=True, timeout=120)
+    assert "no last.pt checkpoint" in proc.stderr  # nobody holds it: the old message stands
+
+
+def test_the_next_step_does_not_wait_for_the_epochs_files():
+    writer = BackgroundWriter()
+    started, release, order = threading.Event(), threading.Event(), []
+
+    def slow_group() -> None:
+        started.set()
+        release.wait(10)
+        order.append("written")
+
+    writer.submit(slow_group)
+    started.wait(10)
+    order.append("next step")  # runs while the write is still in flight
+    release.set()
+    writer.wait()
+    assert order == ["next step", "written"]
+
+    def failing_group() -> None:
+        raise UserError("no space left")
+
+    writer.submit(failing_group)
+    with pytest.raises(UserError, match="no space left"):
+        writer.wait()  # the error surfaces where the main thread waits
+    writer.wait()  # and only once
+
+
+def test_a_slow_disk_does_not_stall_training(prepared_dir, tmp_path, monkeypatch):
+    """Epoch 1's checkpoint write waits until epoch 2 has taken a step: with a write that held up
+    training this would never happen (the write gives up after 60 s and the test fails)."""
+    import training.epoch as epoch_module
+
+    steps: list[int] = []
+    epoch_2_stepped = threading.Event()
+    waited: list[bool] = []
+    real_save = RunDir.save_checkpoint
+
+    def save_after_epoch_2_steps(self, which, state, also_best=False):
+        if state["epoch"] == 1:
+            waited.append(epoch_2_stepped.wait(60))
+        real_save(self, which, state, also_best)
+
+    real_step = epoch_module._optimizer_step
+
+    def counted_step(parts, factor):
+        real_step(parts, factor)
+        steps.append(1)
+        if len(steps) == 3:  # 2 steps an epoch: the first of epoch 2
+            epoch_2_stepped.set()
+
+    monkeypatch.setattr(RunDir, "save_checkpoint", save_after_epoch_2_steps)
+    monkeypatch.setattr(epoch_module, "_optimizer_step", counted_step)
+    result = run_train(tiny_config(prepared_dir, tmp_path / "run", epochs=2))
+    assert waited == [True]
+    assert RunDir(result.run.path).load_checkpoint("last")["epoch"] == 2
+    assert RunDir(result.run.path).read_summary().status == "finished"
+    assert result.run.curves_path.is_file()
+
+
+def test_predictions_ahead_of_their_checkpoint_are_recomputed(prepared_dir, tmp_path):
+    """A disk that fills between an epoch's predictions and its checkpoint leaves them a step
+    ahead; evaluate must report the checkpoint's own accuracy, not the stale file's."""
+    from analysis.evaluate import evaluate
+
+    result = run_train(tiny_config(prepared_dir, tmp_path / "run", epochs=1))
+    run = result.run
+    saved = run.read_predictions("last")
+    assert saved is not None and saved.epoch == 1
+    wrong = np.roll(np.eye(saved.probs.shape[1], dtype=np.float32)[saved.labels], 1, axis=1)  # all wrong
+    run.write_predictions("last", saved.labels, wrong, epoch=2)  # "epoch 2" never reached last.pt
+    notes: list[str] = []
+    evaluated = evaluate(run.path, which="last", log=notes.append)
+    assert evaluated.source == "recomputed" and evaluated.accuracy == pytest.approx(saved.accuracy)
+    assert any("scored after epoch 2 but last.pt holds epoch 1" in n for n in notes)
+
+
+@pytest.mark.parametrize(("every", "decided_on", "last", "new_best", "expected"), [
+    ("epoch", "validation", False, False, True),
+    ("needed", "validation", False, False, False),
+    ("needed", "validation", False, True, True),
+    ("needed", "validation", True, False, True),
+    ("needed", "test", False, False, True),
+    ("needed", "last epoch", False, False, False),
+    ("needed", "last epoch", True, False, True),
+])
+def test_the_test_set_is_scored_when_the_record_needs_it(every, decided_on, last, new_best, expected):
+    assert score_test(every, decided_on, last, new_best) is expected
+
+
+def test_needed_scoring_leaves_test_cells_empty_between_bests(prepared_dir, tmp_path):
+    cfg = tiny_config(prepared_dir, tmp_path / "run", epochs=3, schedule="onecycle")
+    cfg.run.test_every = "needed"
+    result = run_train(cfg)
+    rows = result.run.read_metrics()
+    assert [r["test_acc"] != r["test_acc"] for r in rows] == [True, True, False]  # NaN until the final epoch
+    assert result.run.read_predictions("last").epoch == 3
+    assert result.run.read_summary().final_test_acc == rows[-1]["test_acc"]
