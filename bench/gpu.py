@@ -73,6 +73,24 @@ def _grid(setup: Any, norms: tuple[str, ...], batch_size: int, steps: int, warmu
     return rows
 
 
+def format_decision(rows: list[dict[str, Any]], device: torch.device) -> list[dict[str, Any]]:
+    """Per norm, the memory format the eager rows of the grid measure faster, beside the one
+    `train` defaults to on this device (training/device.py `default_channels_last`): one look says
+    whether the default holds."""
+    from training.device import default_channels_last
+
+    decisions = []
+    for norm in dict.fromkeys(row["norm"] for row in rows):
+        rate = {row["format"]: row["img_s"] for row in rows if row["norm"] == norm and row["mode"] == "eager"}
+        if set(rate) != {"channels-last", "NCHW"}:
+            continue
+        faster = max(rate, key=lambda fmt: rate[fmt])
+        default = "channels-last" if default_channels_last(device, norm) else "NCHW"
+        decisions.append({"norm": norm, "faster": faster, "default": default, "default_holds": faster == default,
+                          "channels_last_over_nchw": rate["channels-last"] / rate["NCHW"]})
+    return decisions
+
+
 def _loader_fed(setup: Any, data_dir: Path, kind: str, batch_size: int, steps: int, warmup: int,
                 log: Log) -> dict[str, Any]:
     from bench.train import _repeat, _steps_rate
@@ -160,6 +178,10 @@ def bench_gpu(data_dir: str | Path = "data", steps: int | None = None, batch_siz
     log(f"  model only (layer, channels-last, eager): {base:,.0f} img/s; loader-fed / model-only = {fed['ratio']:.2f}")
     log(f"2. model-only train step, {steps} steps of {batch_size} after {warmup} warm-up:")
     results["model_only"] = _grid(setup, norms, batch_size, steps, warmup, modes, log)
+    results["format_decision"] = format_decision(results["model_only"], setup.device)
+    for d in results["format_decision"]:
+        log(f"  {d['norm']:<6} faster eager: {d['faster']} (channels-last / NCHW = {d['channels_last_over_nchw']:.2f}); "
+            f"train's default here: {d['default']}" + ("" if d["default_holds"] else " (the measurement disagrees)"))
     log("3. pinned-buffer race probe:")
     loader = make_split_loader(kind, data_dir, "train", batch_size, AugmentConfig(), 0, setup.device, None, None,
                                False)

@@ -74,7 +74,7 @@ def bench_train(data_dir: str | Path = "data", batch_size: int = 128, steps: int
     from bench.common import data_or_synthetic, machine, train_images
     from pipeline.loader import make_loader
 
-    setup = resolve_device(device)
+    setup = resolve_device(device, norm=norm)  # the memory format `train` would use for this norm
     steps = steps or (50 if setup.device.type == "cuda" else 6)
     data_dir, what = data_or_synthetic(data_dir, log=log)
     log(f"timing {steps} steps of {batch_size} (after {warmup} warm-up) on {setup.describe()}; {what}")

@@ -229,3 +229,255 @@ def test_lock_leaves_no_folder_behind_when_nothing_was_written(tmp_path):
     with FolderLock(tmp_path / "new", "train"):
         pass
     assert not (tmp_path / "new").exists()
+
+
+# ---- issue 23: resume across devices, layouts and process counts -------------------------------
+
+def _conv_net() -> torch.nn.Module:
+    return torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.ReLU(), torch.nn.Conv2d(8, 8, 1),
+                               torch.nn.Flatten(), torch.nn.Linear(8 * 6 * 6, 10))
+
+
+def _parts(model: torch.nn.Module, optimizer: torch.optim.SGD, scheduler=None, world: int = 1,
+           scale_lr: bool = False, scaler: torch.amp.GradScaler | None = None):
+    from training.parts import Parts
+
+    scheduler = scheduler or torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer)
+    return Parts(bare=model, step=model, optimizer=optimizer, scheduler=scheduler,
+                 scaler=scaler or torch.amp.GradScaler("cpu", enabled=False), criterion=torch.nn.CrossEntropyLoss(),
+                 distributed=False, classes=10, world=world, scale_lr=scale_lr)
+
+
+def _through_a_file(checkpoint: dict) -> dict:
+    import io
+
+    buffer = io.BytesIO()
+    torch.save(checkpoint, buffer)
+    buffer.seek(0)
+    return torch.load(buffer, weights_only=False)
+
+
+def _sgd_steps(parts, batches, layout: torch.memory_format) -> None:
+    for x, y in batches:
+        parts.optimizer.zero_grad(set_to_none=True)
+        parts.scaler.scale(parts.criterion(parts.bare(x.contiguous(memory_format=layout)), y)).backward()
+        parts.scaler.step(parts.optimizer)
+        parts.scaler.update()
+        if not isinstance(parts.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+            parts.scheduler.step()
+
+
+def test_resume_in_the_other_memory_format_with_fused_sgd_matches_a_run_that_never_flipped():
+    """A channels-last run resumed with --no-channels-last: the momentum buffers were saved
+    channels-last. Fused SGD on the CPU then combined elements of different positions (wrong
+    weights; on CUDA the step raises); they are re-laid like their parameters."""
+    from training.state import TrainState
+
+    torch.manual_seed(0)
+    batches = [(torch.randn(4, 3, 6, 6), torch.randint(0, 10, (4,))) for _ in range(4)]
+    cl = torch.channels_last
+
+    def fused(model):
+        return torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4, fused=True)
+
+    first = _conv_net().to(memory_format=cl)
+    reference = _parts(first, fused(first))
+    _sgd_steps(reference, batches[:2], cl)
+    saved = _through_a_file(TrainState(run_id="r").checkpoint(reference))
+    _sgd_steps(reference, batches[2:], cl)  # the run that never flipped
+
+    flipped = _conv_net()  # NCHW parameters this time
+    resumed = _parts(flipped, fused(flipped))
+    TrainState.restore(saved, resumed, [], "last.pt")
+    for p in flipped.parameters():
+        assert resumed.optimizer.state[p]["momentum_buffer"].stride() == p.stride()
+    _sgd_steps(resumed, batches[2:], torch.contiguous_format)
+    for name, weight in first.state_dict().items():
+        torch.testing.assert_close(flipped.state_dict()[name], weight, rtol=1e-5, atol=1e-5, msg=name)
+
+
+def test_a_cpu_checkpoint_resumed_on_an_fp16_gpu_keeps_the_fresh_optimizers_fused_flag(fake_cuda):
+    """A CPU run (fused=None) resumed on a T4: the optimizer built there is fused, and GradScaler
+    hands a fused optimizer the scale to unscale inside its step, which the unfused path asserts
+    against. The checkpoint's flags are dropped for the fresh optimizer's."""
+    from training.parts import build_optimizer
+    from training.state import TrainState
+
+    setup = resolve_device("cuda")
+    assert setup.use_scaler
+    optim = OptimConfig(lr=0.1, decay_all=False)  # two param groups: decayed and undecayed
+    torch.manual_seed(0)
+    batches = [(torch.randn(4, 3, 6, 6), torch.randint(0, 10, (4,))) for _ in range(2)]
+    on_cpu = _conv_net()
+    cpu_run = _parts(on_cpu, build_optimizer(on_cpu, optim, torch.device("cpu")))
+    _sgd_steps(cpu_run, batches[:1], torch.channels_last)
+    saved = _through_a_file(TrainState(run_id="r").checkpoint(cpu_run))
+    assert all(not g["fused"] for g in saved["optimizer"]["param_groups"])
+
+    model = _conv_net()  # stays on the CPU: only the optimizer's flags are the GPU's
+    fresh = build_optimizer(model, optim, setup.device)
+    # GradScaler's scaling-aware path, as the CUDA scaler takes it, run by the CPU's fused kernel
+    gpu_run = _parts(model, fresh, scaler=torch.amp.GradScaler("cpu", enabled=True))
+    TrainState.restore(saved, gpu_run, [], "last.pt")
+    assert len(fresh.param_groups) == 2
+    assert all(g["fused"] is True for g in fresh.param_groups)
+    assert fresh.state[next(model.parameters())]["momentum_buffer"] is not None  # the momentum came along
+    _sgd_steps(gpu_run, batches[1:], torch.channels_last)  # asserted before the fix
+
+
+@pytest.mark.parametrize("schedule", ["onecycle", "plateau"])
+def test_scale_lr_resume_under_another_number_of_processes_rescales_the_lr(schedule):
+    """--scale-lr trains at K × --lr: a checkpoint of 2 processes resumed by 4 trains on at what a
+    4-process run would have had at that step (the one-cycle factor, or a plateau reduction, kept)."""
+    from training.parts import build_optimizer
+    from training.schedule import build_scheduler
+    from training.state import TrainState
+
+    optim = OptimConfig(lr=0.1, scale_lr=True, decay_all=False, schedule=schedule, plateau_patience=0)
+    torch.manual_seed(0)
+    batches = [(torch.randn(4, 3, 6, 6), torch.randint(0, 10, (4,))) for _ in range(4)]
+
+    def parts_for(world: int):
+        model = _conv_net()
+        optimizer = build_optimizer(model, optim, torch.device("cpu"), world)
+        return _parts(model, optimizer, build_scheduler(optimizer, optim, steps_per_epoch=4), world, scale_lr=True)
+
+    def train(parts, some):
+        _sgd_steps(parts, some, torch.channels_last)
+        if schedule == "plateau":
+            for loss in (1.0, 2.0):  # no improvement with patience 0: one reduction by plateau_factor
+                parts.scheduler.step(loss)
+
+    two, four = parts_for(2), parts_for(4)
+    train(two, batches[:3])
+    train(four, batches[:3])
+    saved = _through_a_file(TrainState(run_id="r").checkpoint(two))
+    assert saved["world"] == 2
+    resumed = parts_for(4)
+    state = TrainState.restore(saved, resumed, [], "last.pt")
+    assert state.saved_world == 2
+    lrs = [g["lr"] for g in resumed.optimizer.param_groups]
+    assert lrs == pytest.approx([2 * g["lr"] for g in two.optimizer.param_groups])
+    assert lrs == pytest.approx([g["lr"] for g in four.optimizer.param_groups])
+    if schedule == "onecycle":
+        assert resumed.scheduler.base_lrs == pytest.approx([0.4, 0.4])
+        assert [g["initial_lr"] for g in resumed.optimizer.param_groups] == pytest.approx([0.4, 0.4])
+    _sgd_steps(resumed, batches[3:], torch.channels_last)
+    _sgd_steps(four, batches[3:], torch.channels_last)
+    assert [g["lr"] for g in resumed.optimizer.param_groups] == pytest.approx(
+        [g["lr"] for g in four.optimizer.param_groups])
+
+    del saved["world"]  # a checkpoint from before the field: taken to be from this many processes
+    older = parts_for(4)
+    assert TrainState.restore(saved, older, [], "last.pt").saved_world is None
+    assert [g["lr"] for g in older.optimizer.param_groups] == pytest.approx(
+        [g["lr"] for g in two.optimizer.param_groups])
+
+
+def test_the_lr_rescale_is_recorded_in_the_resumes_of_config_json(tmp_path):
+    from common.rundir import RunDir
+    from training.distributed import DistContext
+    from training.run_setup import record_resume
+
+    cfg = TrainConfig()
+    cfg.optim.scale_lr = True
+    setup = resolve_device("cpu")
+    run = RunDir(tmp_path / "r")
+    run.create()
+    run.write_config({"train": cfg.to_dict(), "device": setup.describe(), "precision": setup.precision,
+                      "loader": "ffcv", "processes": 2, "global_batch_size": 2 * cfg.optim.batch_size})
+    record_resume(run, cfg, setup, DistContext(world=4), 3, "ffcv", saved_world=2)
+    config = run.read_config()
+    (entry,) = config["resumes"]
+    assert entry["changed"]["processes"] == [2, 4] and entry["lr_rescaled_by"] == 2.0
+    assert config["processes"] == 4 and config["global_batch_size"] == 4 * cfg.optim.batch_size
+    cfg.optim.scale_lr = False  # without --scale-lr the lr stays: nothing to record but the processes
+    record_resume(run, cfg, setup, DistContext(world=1), 5, "ffcv", saved_world=4)
+    assert "lr_rescaled_by" not in run.read_config()["resumes"][-1]
+
+
+# ---- issue 23: torchrun on a broken driver, DDP buffers, the CUDA memory format ---------------------
+
+def test_torchrun_auto_refuses_to_fall_back_to_cpu_when_a_gpu_is_present_but_unusable(monkeypatch):
+    from training.distributed import DistContext, device_for
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    ranks = DistContext(rank=1, world=2, local_rank=1, backend="gloo")  # what `auto` got without CUDA
+    monkeypatch.setattr(device_mod, "nvidia_device_present", lambda: True)
+    with pytest.raises(UserError, match=r"driver >= 580.*--device cpu"):
+        device_for(ranks, "auto")
+    assert device_for(ranks, "cpu") == "cpu"  # asking for the CPU is fine
+    monkeypatch.setattr(device_mod, "nvidia_device_present", lambda: False)
+    assert device_for(ranks, "auto") == "cpu"  # no GPU at all: the CPU, as before
+
+
+def test_ddp_does_not_broadcast_buffers_every_step(monkeypatch):
+    """Rank 0's buffers reach the other ranks before each evaluation and before the digest instead."""
+    import torch.nn.parallel
+
+    from training.distributed import DistContext
+    from training.parts import build_parts
+
+    built: dict = {}
+
+    def ddp(module, **options):
+        built.update(options)
+        return module
+
+    monkeypatch.setattr(torch.nn.parallel, "DistributedDataParallel", ddp)
+    cfg = TrainConfig()
+    build_parts(cfg, resolve_device("cpu", amp=False), DistContext(world=2, backend="gloo"), steps_per_epoch=1)
+    assert built == {"device_ids": None, "broadcast_buffers": False}
+
+
+def test_the_end_of_run_digest_follows_a_buffer_broadcast(tmp_path):
+    from common.rundir import RunDir
+    from training.distributed import DistContext
+    from training.saving import finish
+    from training.state import TrainState
+
+    calls: list[str] = []
+
+    class TwoRanks(DistContext):
+        def broadcast_buffers(self, model):
+            calls.append("broadcast_buffers")
+
+        def gather(self, obj):
+            calls.append("gather")
+            return [obj, obj]
+
+        def broadcast(self, obj):
+            return obj
+
+    model = torch.nn.BatchNorm1d(3)
+    run = RunDir(tmp_path / "r")
+    run.create()
+    finish(TwoRanks(world=2), run, TrainState(run_id="r"), _parts(model, torch.optim.SGD(model.parameters())),
+           1, "test")
+    assert calls == ["broadcast_buffers", "gather"]
+    assert run.read_summary().weights_in_sync is True
+
+
+def test_cuda_memory_format_default_follows_the_norm(fake_cuda):
+    """CUDA group norm (layer and group) has no channels-last kernel: NCHW there, channels-last for
+    batch norm; the CPU keeps channels-last for every norm; an explicit flag always wins."""
+    assert [resolve_device("cuda", norm=n).channels_last for n in ("layer", "group", "batch")] == [False, False, True]
+    assert resolve_device("cuda", channels_last=True, norm="layer").channels_last is True
+    assert resolve_device("cuda", channels_last=False, norm="batch").channels_last is False
+    assert all(resolve_device("cpu", norm=n).channels_last for n in ("layer", "group", "batch"))
+    assert resolve_device("cuda").channels_last is True  # no model named: unchanged
+
+
+def test_bench_gpu_says_whether_the_measured_format_agrees_with_the_default():
+    from bench.gpu import format_decision
+
+    rows = [{"norm": n, "format": f, "mode": m, "img_s": rate} for n, f, m, rate in [
+        ("layer", "channels-last", "eager", 90.0), ("layer", "NCHW", "eager", 100.0),
+        ("batch", "channels-last", "eager", 100.0), ("batch", "NCHW", "eager", 80.0),
+        ("batch", "NCHW", "compile", 500.0)]]
+    layer, batch = format_decision(rows, torch.device("cuda", 0))
+    assert (layer["faster"], layer["default"], layer["default_holds"]) == ("NCHW", "NCHW", True)
+    assert (batch["faster"], batch["default"], batch["default_holds"]) == ("channels-last", "channels-last", True)
+    assert batch["channels_last_over_nchw"] == pytest.approx(1.25)
+    (cpu_layer, _) = format_decision(rows, torch.device("cpu"))
+    assert cpu_layer["default"] == "channels-last" and not cpu_layer["default_holds"]

@@ -1,8 +1,14 @@
 """Device, precision and memory-format choices, made once per run.
 
-Channels-last is the default on both devices. On the 2-core dev box (ResNet-18 LN, batch 128,
-fp32, `cli.py bench train --steps 12`) a train step ran at 51.6 img/s channels-last vs 44.2 img/s
-NCHW (+17%; a second run: 50.4 vs 41.5).
+Memory format (`--channels-last/--no-channels-last`; default: `default_channels_last`):
+- CPU: channels-last for every norm. On the 2-core dev box (ResNet-18 LN, batch 128, fp32,
+  `cli.py bench train --steps 12`) a train step ran at 51.6 img/s channels-last vs 44.2 img/s NCHW
+  (+17%; a second run: 50.4 vs 41.5).
+- CUDA: per norm of the main path, until `bench gpu` measures otherwise. Batch norm: channels-last
+  (cuDNN's convolutions and batch norm both have NHWC kernels). Layer and group norm: NCHW,
+  because PyTorch's CUDA group norm has no channels-last kernel: it copies its input to NCHW and
+  its output back, autocast runs it in fp32, and the next convolution converts again, for each of
+  the model's norms.
 
 Precision (`--amp/--no-amp`; default: on where it is native — CUDA, and CPUs with native bf16):
 - CUDA: bf16 autocast where the GPU has *native* bf16 (Ampere and newer); fp16 + GradScaler on
@@ -84,26 +90,44 @@ def _cuda_dtype() -> tuple[torch.dtype, str]:
     return torch.float16, "no native bf16 on this GPU: fp16 with loss scaling"
 
 
-def resolve_device(name: str, amp: bool | None = None, channels_last: bool | None = None) -> DeviceSetup:
-    """`name`: auto, cpu, cuda or cuda:N. `amp`: None = the device's default (CUDA on, CPU off)."""
+def auto_device() -> str:
+    """What `--device auto` means here: "cuda" when CUDA is usable, else "cpu" — unless a GPU is
+    there that this torch cannot use. Training on the CPU instead would take ~100× longer without
+    anyone noticing, so that is one sentence and a stop. torchrun's ranks ask this too
+    (training/distributed.py `device_for`), so a broken driver stops every rank the same way."""
+    if torch.cuda.is_available():
+        return "cuda"
+    if nvidia_device_present():
+        raise UserError(f"an NVIDIA GPU is present (/dev/nvidia0) but CUDA is unusable from this torch "
+                        f"{torch.__version__} (the CUDA 13 wheels need driver >= {MIN_DRIVER}); update the "
+                        "driver, or pass --device cpu to train on the CPU")
+    return "cpu"
+
+
+def default_channels_last(device: torch.device, norm: str | None) -> bool:
+    """The memory format when `--channels-last` is not given (the module docstring says why):
+    channels-last on the CPU; on CUDA channels-last for batch norm only, NCHW for layer and group
+    norm. `norm` is the model's main-path norm; None (a caller without a model, e.g. a benchmark
+    that sets the format itself) keeps channels-last."""
+    if device.type != "cuda" or norm is None:
+        return True
+    return norm == "batch"
+
+
+def resolve_device(name: str, amp: bool | None = None, channels_last: bool | None = None,
+                   norm: str | None = None) -> DeviceSetup:
+    """`name`: auto, cpu, cuda or cuda:N. `amp`: None = the device's default (CUDA on, CPU off).
+    `channels_last`: None = `default_channels_last` for the device and `norm` (the model's main-path
+    norm)."""
     if name == "auto":
-        if torch.cuda.is_available():
-            name = "cuda"
-        elif nvidia_device_present():
-            # A GPU is there but this torch cannot use it: training on the CPU instead would take
-            # ~100× longer without anyone noticing. Say so and stop.
-            raise UserError(f"an NVIDIA GPU is present (/dev/nvidia0) but CUDA is unusable from this torch "
-                            f"{torch.__version__} (the CUDA 13 wheels need driver >= {MIN_DRIVER}); update the "
-                            "driver, or pass --device cpu to train on the CPU")
-        else:
-            name = "cpu"
+        name = auto_device()
     try:
         device = torch.device(name)
     except RuntimeError:
         raise UserError(f"unknown --device {name!r}; use auto, cpu or cuda[:N]") from None
     if device.type not in ("cpu", "cuda"):
         raise UserError(f"--device {name} is not supported; use auto, cpu or cuda[:N]")
-    layout = True if channels_last is None else channels_last
+    layout = default_channels_last(device, norm) if channels_last is None else channels_last
     if device.type == "cuda":
         if not torch.cuda.is_available():
             raise UserError(f"--device {name} was asked for but no usable CUDA GPU is visible; use --device cpu")

@@ -32,6 +32,7 @@ import torch.distributed as dist
 from torch import nn
 
 from common.errors import UserError
+from training.device import auto_device
 
 
 @dataclass
@@ -73,9 +74,10 @@ class DistContext:
         return out
 
     def broadcast_buffers(self, model: nn.Module) -> None:
-        """Rank 0's buffers (BatchNorm running statistics) on every rank. DDP broadcasts them only
-        at the start of each forward, so after the last step of an epoch the ranks' statistics
-        differ; a model without buffers costs nothing."""
+        """Rank 0's buffers (BatchNorm running statistics) on every rank. DDP is built with
+        `broadcast_buffers=False` (training/parts.py), so during an epoch each rank's statistics
+        follow its own batches; evaluation and the end-of-run digest call this first. A model
+        without buffers costs nothing."""
         if not self.enabled:
             return
         for buffer in model.buffers():
@@ -134,11 +136,14 @@ def context(requested_device: str = "auto") -> DistContext:
 
 
 def device_for(ctx: DistContext, requested: str) -> str:
-    """Under torchrun on GPUs each process owns the GPU of its LOCAL_RANK."""
+    """Under torchrun on GPUs each process owns the GPU of its LOCAL_RANK. `auto` on gloo means
+    CUDA was unusable when the backend was chosen; `auto_device` then tells a CPU-only box (train
+    on the CPU) from one whose GPU this torch cannot use (the single-process run's error, on every
+    rank, rather than K ranks silently training on the CPU)."""
     if ctx.enabled and ctx.backend == "nccl":
         return f"cuda:{ctx.local_rank}"
     if ctx.enabled and ctx.backend == "gloo" and requested == "auto":
-        return "cpu"
+        return auto_device()
     return requested
 
 

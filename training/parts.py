@@ -44,6 +44,8 @@ class Parts:
     distributed: bool
     classes: int  # the model's output classes (the divergence guard's chance level is ln of it)
     ema: AveragedModel | None = None  # --ema: the averaged weights (`ema.module`), what evaluation scores
+    world: int = 1  # processes training together (torchrun's K); checkpoints record it
+    scale_lr: bool = False  # --scale-lr: the optimizer's lr is K × --lr, so a resume under another K rescales it
 
     def update_ema(self) -> None:
         if self.ema is not None:
@@ -101,13 +103,20 @@ def build_parts(cfg: TrainConfig, setup: DeviceSetup, ctx: DistContext, steps_pe
 
         # device_ids only on CUDA: DDP on CPU (gloo) takes None, and [None] is an error.
         ids = [setup.device.index] if setup.device.type == "cuda" else None
-        step = DistributedDataParallel(model, device_ids=ids)
+        # No buffer broadcast before every forward (one collective per step): a training step reads
+        # no running statistic (BatchNorm normalises by the batch's in train mode), and rank 0's
+        # statistics, the ones its checkpoints hold, are the same either way, since the broadcast
+        # only ever overwrote the other ranks'. Their drift is undone by `DistContext.broadcast_buffers`
+        # before each evaluation and before the end-of-run digest. The initial buffers are
+        # constants, or the same checkpoint on every rank.
+        step = DistributedDataParallel(model, device_ids=ids, broadcast_buffers=False)
     if cfg.run.compile:
         step = torch.compile(step)  # type: ignore[assignment]  # compile returns a callable module
     return Parts(bare=model, step=step, optimizer=optimizer, scheduler=build_scheduler(optimizer, cfg.optim, steps_per_epoch),
                  scaler=torch.amp.GradScaler(setup.device.type, enabled=setup.use_scaler),
                  criterion=nn.CrossEntropyLoss(label_smoothing=cfg.optim.label_smoothing),
-                 distributed=ctx.enabled, classes=cfg.model.num_classes, ema=build_ema(model, cfg.optim.ema))
+                 distributed=ctx.enabled, classes=cfg.model.num_classes, ema=build_ema(model, cfg.optim.ema),
+                 world=ctx.world, scale_lr=cfg.optim.scale_lr)
 
 
 def build_ema(model: nn.Module, decay: float) -> AveragedModel | None:

@@ -5,6 +5,11 @@ back, so a run resumed from `last.pt` on the CPU produces the same metrics (timi
 and the same weights as one never interrupted: the loader's order and augmentation are pure
 functions of (seed, epoch, index), and the checkpoint carries model, optimizer, scheduler, scaler
 and RNG state.
+
+What a checkpoint says about the machine that wrote it is not restored: the optimizer's
+implementation flags (`fused`, `foreach`, …) and its buffers' memory layout follow the optimizer
+this run built (a run may resume on another device or memory format), and under --scale-lr its
+learning rate follows this run's number of processes (`world`, which every checkpoint records).
 """
 
 from __future__ import annotations
@@ -71,6 +76,7 @@ class TrainState:
     rows: list[dict[str, Any]] = field(default_factory=list)
     partial: Partial | None = None
     started: float = field(default_factory=time.perf_counter)  # this process's start
+    saved_world: int | None = None  # processes the restored checkpoint was written by (None: new run, older file)
 
     @property
     def wall_seconds(self) -> float:
@@ -93,15 +99,18 @@ class TrainState:
     def checkpoint(self, parts: Parts, partial: Partial | None = None) -> dict[str, Any]:
         return {"run_id": self.run_id, "model": parts.bare.state_dict(), "optimizer": parts.optimizer.state_dict(),
                 "scheduler": parts.scheduler.state_dict(), "scaler": parts.scaler.state_dict(), "rng": rng_state(),
-                "epoch": self.epoch if partial is None else partial.epoch, "best_acc": self.best_acc,
-                "best_epoch": self.best_epoch, "wall_seconds": self.wall_seconds,
+                "world": parts.world, "epoch": self.epoch if partial is None else partial.epoch,
+                "best_acc": self.best_acc, "best_epoch": self.best_epoch, "wall_seconds": self.wall_seconds,
                 "partial": asdict(partial) if partial is not None else None,
                 **({"ema": parts.ema.module.state_dict(), "ema_updates": int(parts.ema.n_averaged)}
                    if parts.ema is not None else {})}
 
     @classmethod
     def restore(cls, saved: dict[str, Any], parts: Parts, rows: list[dict[str, float]], where: str) -> TrainState:
-        """Load a checkpoint into `parts`; `where` names the file in error messages."""
+        """Load a checkpoint into `parts`; `where` names the file in error messages. The optimizer
+        keeps its own implementation flags and layout (`fit_optimizer_to_run`), and its lr is
+        rescaled to this run's processes under --scale-lr (`rescale_lr`)."""
+        flags = implementation_flags(parts.optimizer)
         try:
             parts.bare.load_state_dict(saved["model"])
             parts.optimizer.load_state_dict(saved["optimizer"])
@@ -112,13 +121,66 @@ class TrainState:
         except (RuntimeError, KeyError, ValueError):
             raise UserError(f"{where} does not match this run's config; the run directory mixes files from "
                             "different runs") from None
+        fit_optimizer_to_run(parts.optimizer, flags)
+        saved_world = int(saved["world"]) if "world" in saved else None
+        if parts.scale_lr:
+            rescale_lr(parts.optimizer, parts.scheduler, saved_world or parts.world, parts.world)
         restore_scaler(parts.scaler, saved.get("scaler") or {})
         set_rng_state(saved["rng"])
         epoch = int(saved["epoch"])
         partial = Partial(**saved["partial"]) if saved.get("partial") else None
         return cls(run_id=str(saved.get("run_id", "")), epoch=epoch, best_acc=float(saved["best_acc"]),
                    best_epoch=int(saved["best_epoch"]), wall_before=float(saved.get("wall_seconds", 0.0)),
-                   rows=[r for r in rows if r["epoch"] <= epoch], partial=partial)
+                   rows=[r for r in rows if r["epoch"] <= epoch], partial=partial, saved_world=saved_world)
+
+
+# Optimizer options that say how a step is computed on this machine, not what it computes. A
+# checkpoint's values belong to the machine that wrote it: fused=None from a CPU run on a GPU whose
+# GradScaler treats the (fused) optimizer as scaling-aware fails the step's assertion; fused=True
+# from a GPU run on a CPU is a different kernel than the run chose.
+IMPLEMENTATION_FLAGS = ("fused", "foreach", "differentiable", "capturable")
+
+
+def implementation_flags(optimizer: torch.optim.Optimizer) -> list[dict[str, Any]]:
+    """Each param group's implementation flags, as the freshly built optimizer has them."""
+    return [{key: group[key] for key in IMPLEMENTATION_FLAGS if key in group} for group in optimizer.param_groups]
+
+
+def fit_optimizer_to_run(optimizer: torch.optim.Optimizer, flags: list[dict[str, Any]]) -> None:
+    """After `load_state_dict`: put back this run's implementation `flags`, and lay every state
+    tensor shaped like its parameter (SGD's momentum buffer) out like the parameter.
+
+    `load_state_dict` keeps the saved strides, so a run resumed in the other memory format
+    (--no-channels-last after channels-last, or the reverse) would pair NCHW parameters with
+    channels-last buffers. The fused SGD kernels assume equal strides for parameter, gradient and
+    buffer: on CUDA the step raises; on the CPU it silently combines elements of different
+    positions. `empty_like(p)` keeps p's strides, and `copy_` moves each element to its place."""
+    for group, own in zip(optimizer.param_groups, flags, strict=True):
+        group.update(own)
+        for param in group["params"]:
+            state = optimizer.state.get(param, {})
+            for key, value in list(state.items()):
+                if (isinstance(value, torch.Tensor) and value.shape == param.shape
+                        and value.stride() != param.stride()):
+                    state[key] = torch.empty_like(param, dtype=value.dtype).copy_(value)
+
+
+def rescale_lr(optimizer: torch.optim.Optimizer, scheduler: Any, saved_world: int, world: int) -> None:
+    """--scale-lr trains at K × --lr: a checkpoint written by K_old = `saved_world` processes and
+    resumed by K_new = `world` carries lrs scaled for K_old. Every stored lr is multiplied by
+    K_new / K_old: each param group's current lr (which the plateau schedule may have lowered) and
+    `initial_lr`, and the scheduler's `base_lrs` (what LambdaLR's one-cycle factor multiplies) and
+    last lrs."""
+    if saved_world == world:
+        return
+    for group in optimizer.param_groups:
+        for key in ("lr", "initial_lr"):
+            if key in group:
+                group[key] = group[key] * world / saved_world
+    for name in ("base_lrs", "_last_lr"):
+        values = getattr(scheduler, name, None)
+        if isinstance(values, list):
+            setattr(scheduler, name, [v * world / saved_world for v in values])
 
 
 def restore_scaler(scaler: torch.amp.GradScaler, saved: dict[str, Any]) -> None:
