@@ -14,7 +14,7 @@ import time
 from collections import deque
 from dataclasses import dataclass
 from types import FrameType, TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -28,6 +28,9 @@ from training.distributed import DistContext
 from training.parts import Parts, warmup_factor
 from training.progress import Progress
 from training.state import Partial
+
+if TYPE_CHECKING:
+    from pipeline.loaders import SplitLoader
 
 
 class Diverged(UserError):
@@ -125,6 +128,8 @@ class Stopper:
 
 @dataclass
 class EpochSums:
+    """An epoch's global running sums (over every rank), as of the last check."""
+
     loss_sum: float
     correct: float
     seen: float
@@ -139,21 +144,38 @@ class EpochSums:
     def acc(self) -> float:
         return self.correct / max(self.seen, 1)
 
+    def partial(self, epoch: int, steps_done: int, world: int) -> Partial:
+        """The state a stop saves: `steps_done` steps of `epoch` with these sums."""
+        return Partial(epoch, steps_done, self.loss_sum, self.correct, self.seen, self.seconds, world, self.lr)
 
-def train_epoch(epoch: int, parts: Parts, loader: Any, setup: DeviceSetup, ctx: DistContext, optim: OptimConfig,
-                steps: int, stopper: Stopper, progress: Progress, partial: Partial | None) -> EpochSums:
-    """Train one epoch (resuming at `partial.step` when given); returns the global sums."""
+
+@dataclass
+class Session:
+    """What every epoch of a run needs, fixed before the first one (training/fit.py builds it)."""
+
+    parts: Parts
+    setup: DeviceSetup
+    ctx: DistContext
+    optim: OptimConfig
+    steps: int  # optimizer steps per epoch (after --max-steps)
+    stopper: Stopper
+
+
+def train_epoch(session: Session, epoch: int, loader: SplitLoader, progress: Progress, partial: Partial | None) -> EpochSums:
+    """Train one epoch (resuming after `partial.step` steps when given); returns the global sums."""
+    parts, setup, ctx, stopper, steps = session.parts, session.setup, session.ctx, session.stopper, session.steps
     # Syncing with the GPU every step would stall it, so there the loss (and, under torchrun, the
     # stop flag) is read every 20 steps; on the CPU reading it is free, so every step is checked.
     check_every = 20 if setup.device.type == "cuda" else 1
     skip = partial.step if partial else 0
-    first_lr = partial.lr if partial is not None and partial.lr is not None else parts.lr
     prior = partial.seconds if partial else 0.0
-    # Local running sums; under torchrun rank 0 carries the restored global sums.
+    first_lr = partial.lr if partial is not None and partial.lr is not None else parts.lr
+    totals = (EpochSums(partial.loss_sum, partial.correct, partial.seen, prior, first_lr) if partial
+              else EpochSums(0.0, 0.0, 0.0, 0.0, first_lr))
+    # This rank's running sums, on the device; under torchrun rank 0 carries the restored global sums.
     loss_sum = torch.zeros((), device=setup.device, dtype=torch.float64)
     correct = torch.zeros((), device=setup.device, dtype=torch.float64)
     seen = 0
-    sums = [partial.loss_sum, partial.correct, partial.seen] if partial else [0.0, 0.0, 0.0]
     if partial and ctx.main:
         loss_sum += partial.loss_sum
         correct += partial.correct
@@ -168,38 +190,39 @@ def train_epoch(epoch: int, parts: Parts, loader: Any, setup: DeviceSetup, ctx: 
                 break
             if step < skip:  # consumed before the interruption; same batches, same order
                 continue
+            # forward and backward, under autocast where the device trains in mixed precision
             x = setup.batch(x)
             with setup.autocast():
                 logits = parts.step(x)
                 loss = parts.criterion(logits, y)
             parts.optimizer.zero_grad(set_to_none=True)
             parts.scaler.scale(loss).backward()
-            _optimizer_step(parts, warmup_factor(optim, epoch * steps + step))
+            # the update, then what follows every update: the per-step schedule and the EMA
+            _optimizer_step(parts, warmup_factor(session.optim, epoch * steps + step))
             if parts.per_step:
                 parts.scheduler.step()  # type: ignore[call-arg]  # LambdaLR: no metric
             parts.update_ema()
             loss_sum += loss.detach().double() * len(y)
             correct += (logits.detach().argmax(1) == y).sum()
             seen += len(y)
+            # the check: global sums, divergence, a stop request, progress
             if step % check_every == 0 or step == steps - 1 or (stopper.requested and not ctx.enabled):
-                *sums, flags = ctx.all_sum([loss_sum.item(), correct.item(), float(seen),
-                                            1.0 if stopper.requested else 0.0])
-                mean = sums[0] / max(sums[2], 1)
-                if not math.isfinite(mean):
-                    raise Diverged(mean, epoch, step)
-                blown = guard.mean_above_limit(step, sums[0], sums[2])
+                loss_all, correct_all, seen_all, stop_flags = ctx.all_sum(
+                    [loss_sum.item(), correct.item(), float(seen), 1.0 if stopper.requested else 0.0])
+                totals = EpochSums(loss_all, correct_all, seen_all, prior + time.perf_counter() - t0, first_lr)
+                if not math.isfinite(totals.loss):
+                    raise Diverged(totals.loss, epoch, step)
+                blown = guard.mean_above_limit(step, totals.loss_sum, totals.seen)
                 if blown is not None:
                     raise Diverged(blown, epoch, step, window=guard.window, limit=guard.limit)
-                if flags > 0:
-                    raise StopRequested(stopper.requested or "SIGTERM", Partial(
-                        epoch, step + 1, sums[0], sums[1], sums[2], prior + time.perf_counter() - t0, ctx.world,
-                        first_lr))
-                elapsed = prior + time.perf_counter() - t0
-                progress.set(loss=f"{mean:.3f}", acc=f"{100 * sums[1] / max(sums[2], 1):.1f}%",
-                             img_s=f"{sums[2] / max(elapsed, 1e-9):,.0f}")
+                if stop_flags > 0:
+                    raise StopRequested(stopper.requested or "SIGTERM", totals.partial(epoch, step + 1, ctx.world))
+                progress.set(loss=f"{totals.loss:.3f}", acc=f"{100 * totals.acc:.1f}%",
+                             img_s=f"{totals.seen / max(totals.seconds, 1e-9):,.0f}")
             progress.update(1)
     progress.close()
-    return EpochSums(sums[0], sums[1], sums[2], prior + time.perf_counter() - t0, first_lr)
+    totals.seconds = prior + time.perf_counter() - t0
+    return totals
 
 
 def _optimizer_step(parts: Parts, factor: float) -> None:
@@ -220,7 +243,7 @@ class _StopDuringEval(Exception):
     pass
 
 
-def evaluate_loader(model: nn.Module, loader: Any, setup: DeviceSetup, ctx: DistContext | None = None,
+def evaluate_loader(model: nn.Module, loader: SplitLoader, setup: DeviceSetup, ctx: DistContext | None = None,
                     stopper: Stopper | None = None) -> tuple[float, float, np.ndarray, np.ndarray]:
     """Mean cross-entropy (no smoothing), accuracy, labels and softmax probabilities, in loader order.
 
@@ -264,16 +287,16 @@ def score_test(every: str, decided_on: str, last: bool, new_best_on_val: bool) -
     return every == "epoch" or decided_on == "test" or last or new_best_on_val
 
 
-def evaluate_or_stop(parts: Parts, loader: Any, setup: DeviceSetup, ctx: DistContext, stopper: Stopper,
-                     epoch: int, steps: int, sums: EpochSums) -> tuple[float, float, np.ndarray, np.ndarray]:
-    """Score the test set after an epoch. Under torchrun BatchNorm running statistics differ between
+def evaluate_or_stop(session: Session, loader: SplitLoader, epoch: int,
+                     sums: EpochSums) -> tuple[float, float, np.ndarray, np.ndarray]:
+    """Score a split after an epoch. Under torchrun BatchNorm running statistics differ between
     ranks (DDP syncs buffers only before each forward), so rank 0's are broadcast first: every rank
     then scores its shard with the same model, and the end-of-run weight digests agree."""
+    parts, ctx, stopper = session.parts, session.ctx, session.stopper
     ctx.broadcast_buffers(parts.bare)
     if parts.ema is not None:
         ctx.broadcast_buffers(parts.ema.module)
     try:
-        return evaluate_loader(parts.eval_model, loader, setup, ctx, stopper)
+        return evaluate_loader(parts.eval_model, loader, session.setup, ctx, stopper)
     except _StopDuringEval:
-        raise StopRequested(stopper.requested or "SIGTERM", Partial(
-            epoch, steps, sums.loss_sum, sums.correct, sums.seen, sums.seconds, ctx.world, sums.lr)) from None
+        raise StopRequested(stopper.requested or "SIGTERM", sums.partial(epoch, session.steps, ctx.world)) from None

@@ -28,7 +28,7 @@ from common.lock import FolderLock
 from common.rundir import RunDir
 from training.device import resolve_device
 from training.distributed import context, device_for
-from training.epoch import Stopper, StopRequested, evaluate_loader, evaluate_or_stop, score_test, train_epoch
+from training.epoch import Session, Stopper, StopRequested, evaluate_loader, evaluate_or_stop, score_test, train_epoch
 from training.parts import build_loaders, build_parts, holdout
 from training.progress import Progress
 from training.run_setup import check_data, check_free_space, create_run, new_run_id, open_run, record_resume
@@ -93,22 +93,22 @@ def train(cfg: TrainConfig, resume: str | Path | None = None, extra_epochs_to: i
         writer = BackgroundWriter()  # this epoch's files are written while the next one trains
         curves = functools.partial(draw_curves, run, state, _title(cfg, run))
         with Stopper(log) as stopper, run_status(ctx, run, state, parts, steps, writer, curves):
+            session = Session(parts, setup, ctx, cfg.optim, steps, stopper)
             for epoch in range(state.epoch, cfg.optim.epochs):
+                # train one epoch (from the saved step when resuming mid-epoch)
                 bar = Progress(steps, state.partial.step if state.partial else 0,
                                f"epoch {epoch + 1}/{cfg.optim.epochs}", progress and ctx.main, log)
-                sums = train_epoch(epoch, parts, train_loader, setup, ctx, cfg.optim, steps, stopper, bar,
-                                   state.partial)
+                sums = train_epoch(session, epoch, train_loader, bar, state.partial)
                 state.partial = None
                 t_eval = time.perf_counter()
                 # Validation first: whether the test set is scored may depend on it (epoch.score_test).
-                val_loss, val_acc = (evaluate_or_stop(parts, loaders.val, setup, ctx, stopper, epoch, steps, sums)[:2]
+                val_loss, val_acc = (evaluate_or_stop(session, loaders.val, epoch, sums)[:2]
                                      if loaders.val is not None else (None, None))
                 last = epoch + 1 == cfg.optim.epochs
                 scored = None
                 test_loss = test_acc = float("nan")
                 if score_test(test_every, decided_on, last, val_acc is not None and val_acc > state.best_acc):
-                    test_loss, test_acc, labels, probs = evaluate_or_stop(parts, test_loader, setup, ctx, stopper,
-                                                                          epoch, steps, sums)
+                    test_loss, test_acc, labels, probs = evaluate_or_stop(session, test_loader, epoch, sums)
                     scored = (labels, probs)
                 # The split that decides: validation when held out, else (--val 0) the test set; with a
                 # fixed schedule and no validation nothing decides, and best.pt is the last epoch.
