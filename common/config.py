@@ -73,13 +73,11 @@ class ModelConfig:
     groups: int = 32  # only for norm="group"
     # Norm of the 3 projection shortcuts: "same" as the main path, or one of NORMS. BatchNorm by
     # default, as in the original assignment (its GroupNorm(1, C) model was LayerNorm on the main
-    # path only). Measured (full shared data, bf16, the assignment's augmentation, 2 epochs;
-    # docs/BENCHMARKS.md): train accuracy at epoch 2 46.4% with BatchNorm shortcuts + zero-init
-    # (seeds 0, 1), 44.8% BatchNorm without zero-init (seeds 0, 1), 38.0% LayerNorm shortcuts +
-    # zero-init (seed 0; 35.4% with a 300-step warm-up).
+    # path only); it also learned fastest of the shortcut choices measured (measurements:
+    # docs/BENCHMARKS.md, 'learning per epoch against the original assignment').
     shortcut_norm: str = "batch"
     # Zero-init the last norm's scale in each residual block (Goyal et al. 2017, timm's zero_init_last):
-    # with BatchNorm shortcuts, epoch-1 train accuracy 33.1% vs 27.5% without (mean of seeds 0, 1).
+    # with BatchNorm shortcuts it speeds up the first epochs (same section of docs/BENCHMARKS.md).
     zero_init: bool = True
     num_classes: int = 10  # set from the prepared data's class list (an image folder may have any number)
 
@@ -165,10 +163,10 @@ class DataConfig:
     # scheduler and best.pt are decided on it, so the test set decides nothing. 0 = decide on test;
     # None = 5,000, or a tenth of the training images when --subset leaves fewer than 50,000.
     val: int | None = None
-    test_subset: int | None = None  # first N test images (a full test pass costs ~4 min on 2 CPU cores)
+    test_subset: int | None = None  # first N test images (a full test pass takes minutes on a CPU)
     workers: int | None = None  # FFCV numba threads; None = the cores this process may use
     # Data path: "ffcv" (numba threads on the host), "torch" (tensor ops on the training device,
-    # needs no FFCV), "auto" (pipeline/loader_choice.py: FFCV where it imports and betons exist).
+    # needs no FFCV), "auto" (pipeline/loaders.py: FFCV where it imports and betons exist).
     loader: str = "auto"
 
     def validate(self) -> None:
@@ -227,6 +225,7 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> TrainConfig:
+        """The current format; a run's record passes through common/upgrade.py first (RunDir does)."""
         def build(kind: type, values: dict[str, Any] | None) -> Any:
             values = dict(values or {})
             names = {f.name for f in dataclasses.fields(kind)}
@@ -235,16 +234,10 @@ class TrainConfig:
                 kwargs["fill"] = tuple(kwargs["fill"])
             return kind(**kwargs)
 
-        data = build(DataConfig, raw.get("data"))
-        if "val" not in (raw.get("data") or {}):
-            data.val = 0  # written before the validation split existed: those runs decided on test
-        model = build(ModelConfig, raw.get("model"))
-        if "shortcut_norm" not in (raw.get("model") or {}):
-            model.shortcut_norm = "same"  # written before the field existed: shortcuts had the main norm
         return cls(
-            data=data,
+            data=build(DataConfig, raw.get("data")),
             augment=build(AugmentConfig, raw.get("augment")),
-            model=model,
+            model=build(ModelConfig, raw.get("model")),
             optim=build(OptimConfig, raw.get("optim")),
             run=build(RunConfig, raw.get("run")),
             recipe=raw.get("recipe", "default"),

@@ -32,6 +32,7 @@ from common.atomic import atomic_path, link_atomic, write_json, write_text
 from common.config import TrainConfig
 from common.errors import UserError
 from common.records import RunSummary
+from common.upgrade import upgrade_config
 
 METRIC_FIELDS = ("epoch", "train_loss", "train_acc", "test_loss", "test_acc", "lr", "seconds", "img_per_s",
                  "val_loss", "val_acc", "wall_seconds")
@@ -134,7 +135,7 @@ class RunDir:
             raise UserError(f"{self.path} is not a run directory (no config.json); pass a folder "
                             "written by `python cli.py train`")
         try:
-            return json.loads(self.config_path.read_text())
+            return upgrade_config(json.loads(self.config_path.read_text()))
         except ValueError:
             raise UserError(f"{self.config_path} is not valid JSON; the run directory is damaged") from None
 

@@ -151,3 +151,24 @@ def test_needed_scoring_leaves_test_cells_empty_between_bests(prepared_dir, tmp_
     assert [r["test_acc"] != r["test_acc"] for r in rows] == [True, True, False]  # NaN until the final epoch
     assert result.run.read_predictions("last").epoch == 3
     assert result.run.read_summary().final_test_acc == rows[-1]["test_acc"]
+
+
+def test_an_old_config_is_read_in_the_current_format_in_one_place(tmp_path):
+    """common/upgrade.py: each field's absence means what it meant when the run was written; a
+    current record passes through unchanged."""
+    from common.config import TrainConfig
+    from common.upgrade import upgrade_config
+
+    current = {"run_id": "r", "train": TrainConfig().to_dict(), "loader": "torch", "precision": "bf16",
+               "device": "CPU (2 threads)"}
+    assert upgrade_config(current) == current
+    old = {"run_id": "r", "train": TrainConfig().to_dict(), "device": "CPU (2 threads)"}
+    del old["train"]["data"]["val"], old["train"]["model"]["shortcut_norm"]
+    run = RunDir(tmp_path / "old")
+    run.path.mkdir()
+    (run.path / "config.json").write_text(__import__("json").dumps(old))
+    cfg = run.train_config()
+    assert (cfg.data.val, cfg.model.shortcut_norm, cfg.run.amp) == (0, "same", False)
+    assert run.read_config()["loader"] == "ffcv"
+    on_gpu = dict(old, device="CUDA (NVIDIA H100)")
+    assert upgrade_config(on_gpu)["train"]["run"]["amp"] is None  # the CUDA default, as it trained

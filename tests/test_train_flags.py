@@ -70,7 +70,9 @@ def test_a_run_written_before_shortcut_norm_existed_loads_as_it_was_built(tmp_pa
 
     raw = TrainConfig().to_dict()
     del raw["model"]["shortcut_norm"]
-    assert TrainConfig.from_dict(raw).model.shortcut_norm == "same"
+    from common.upgrade import upgrade_config
+
+    assert TrainConfig.from_dict(upgrade_config({"train": raw})["train"]).model.shortcut_norm == "same"
     assert TrainConfig.from_dict(TrainConfig().to_dict()).model.shortcut_norm == "batch"
     run = RunDir(tmp_path / "old-run")
     run.path.mkdir()

@@ -99,9 +99,11 @@ def test_assignment_recipe_keeps_deciding_on_test():
     assert apply_recipe(TrainConfig(), "assignment").data.val == 0
     assert TrainConfig().data.val is None  # 5,000 (a tenth of a smaller --subset)
     # a run written before the validation split existed resumes as it was trained: on test
+    from common.upgrade import upgrade_config
+
     old = TrainConfig().to_dict()
     del old["data"]["val"]
-    assert TrainConfig.from_dict(old).data.val == 0
+    assert TrainConfig.from_dict(upgrade_config({"train": old})["train"]).data.val == 0
 
 
 def test_an_interrupted_multi_seed_compare_resumes(prepared_dir, tmp_path):

@@ -170,7 +170,7 @@ def _resume(ctx: Any, run: RunDir, cfg: TrainConfig, parts: Any, saved: dict[str
         raise UserError(f"{run.checkpoint_path('last')} was saved in the middle of epoch {state.epoch + 1} "
                         f"by {state.partial.world} process(es); resume it with the same number of processes "
                         f"(now {ctx.world})")
-    before = saved.get("loader", "ffcv")  # runs from before the torch path all used FFCV
+    before = saved["loader"]
     if state.partial is not None and before != loader:
         raise UserError(f"{run.checkpoint_path('last')} was saved in the middle of epoch {state.epoch + 1} with the "
                         f"{before} loader, whose shuffle order differs from the {loader} loader's; resume it with "

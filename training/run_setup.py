@@ -86,10 +86,6 @@ def open_run(ctx: DistContext, cfg: TrainConfig, resume: str | Path | None, extr
     cfg = TrainConfig.from_dict(saved["train"])
     if extra_epochs_to is not None:
         cfg.optim.epochs = extra_epochs_to
-    if "precision" not in saved:
-        # Written before --amp had a CPU meaning (amp=True then meant "on CUDA only"): keep training
-        # as it started, fp32 on a CPU.
-        cfg.run.amp = False if str(saved.get("device", "CPU")).startswith("CPU") else cfg.run.amp
     for (section, name), value in (overrides or {}).items():
         if (section, name) not in ENVIRONMENT:
             raise ValueError(f"{section}.{name} is not a run-environment setting")
@@ -105,7 +101,8 @@ def check_data(cfg: TrainConfig, run: RunDir, saved: dict[str, Any] | None) -> D
     """The data record config.json keeps; refuses betons that changed since prepare, or (on resume)
     data other than the run was trained on."""
     manifest = read_manifest(cfg.data.data_dir)
-    # ~0.4 s for both betons: catches one swapped in from another prepare, which FFCV would read happily.
+    # A fraction of a second for both betons: catches one swapped in from another prepare, which FFCV
+    # would read happily.
     changed = verify_betons(cfg.data.data_dir, manifest)
     if changed:
         raise UserError(f"{', '.join(s + '.beton' for s in changed)} in {cfg.data.data_dir}/ no longer matches its "
@@ -179,8 +176,8 @@ def record_resume(run: RunDir, cfg: TrainConfig, setup: DeviceSetup, ctx: DistCo
     before = saved_world if saved_world is not None else int(config.get("processes", 1))
     if ctx.world != before:
         changed["processes"] = [before, ctx.world]
-    if loader != config.get("loader", "ffcv"):
-        changed["loader"] = [config.get("loader", "ffcv"), loader]
+    if loader != config["loader"]:
+        changed["loader"] = [config["loader"], loader]
     if not changed and cfg.optim.epochs == old.optim.epochs:
         return
     resumes = list(config.get("resumes", []))
