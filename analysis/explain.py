@@ -102,7 +102,7 @@ def explain(run_dir: str | Path | None = None, layers: Sequence[int] = (3,), cou
     timings["gallery"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    import pytorch_grad_cam  # noqa: F401  (4.5 s cold here: torchvision, cv2, scipy; timed apart)
+    import pytorch_grad_cam  # noqa: F401  (seconds cold: torchvision, cv2, scipy; timed apart)
 
     from analysis.faithfulness import road_scores
     from analysis.gradcam import compute_cams, target_block

@@ -7,9 +7,10 @@ out-of-distribution artefacts of blacking pixels out. We use the library's
 1 - CAM the least relevant ones (LeRF, exactly what the library's ROADLeastRelevantFirst does).
 The score is ROADCombined's (LeRF - MoRF) / 2 on the class probability.
 
-Cost: ROADCombined's default 9 percentiles x 2 orders took 56-72 s for 20 images per layer here
-(2 forwards per call, ~35 ms of imputation per image), far over budget; one removal fraction with
-all layers and both orders stacked into a single forward costs one pass of 4 x 20 images.
+Cost: ROADCombined's default 9 percentiles x 2 orders (2 forwards per call, plus the imputation
+per image) took a minute for 20 images per layer, far over budget (docs/BENCHMARKS.md, 'Moved from
+code comments'); one removal fraction with all layers and both orders stacked into a single forward
+costs one pass of 4 x 20 images.
 """
 
 from __future__ import annotations

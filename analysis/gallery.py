@@ -1,8 +1,8 @@
 """Image grids: the misclassified gallery and image-beside-CAM overlays.
 
 Each grid is composed as one RGB array, placed pixel for pixel with figimage, with the titles as
-figure text on top. One Matplotlib Axes per tile cost ~1.5 s per 40-tile figure here (tick and
-title layout of every Axes, even with axes off); the single array takes ~0.5 s. Tiles are the
+figure text on top: one Matplotlib Axes per tile was several times slower (tick and title layout
+of every Axes, even with axes off; docs/BENCHMARKS.md, 'Moved from code comments'). Tiles are the
 32x32 images upscaled 5x with nearest neighbour (160 px), so pixels stay crisp; titles are 9 pt.
 """
 
@@ -76,7 +76,7 @@ def _upscale_bilinear(a: np.ndarray, k: int) -> np.ndarray:
 def _draw(grid: _Grid, canvas: np.ndarray, texts: list[tuple[int, int, str]], title: str):
     """Figure showing `canvas` pixel for pixel and the tile titles, centred above (x, y) in pixels.
 
-    figimage places the array without resampling (imshow resampled it: 0.3 s per figure).
+    figimage places the array without resampling (imshow resampled it, at a cost per figure).
     """
     fig = new_figure(grid.width / DPI, grid.height / DPI)
     fig.figimage(canvas, xo=0, yo=0, origin="upper", zorder=-1)  # below the colour bar

@@ -2,8 +2,8 @@
 
 The library averages the maps of all target layers it is given; we want one map per layer, so
 `compute_cams` subclasses the chosen method to keep the layers apart. Layers 3 and 4 then cost
-one forward + backward instead of two: for 20 images, 1.2-1.4 s together vs 2.5-3.0 s as two
-calls (ResNet-18, one thread on the shared 2-core CPU).
+one forward + backward instead of two, about half the time of two calls (docs/BENCHMARKS.md,
+'Moved from code comments').
 """
 
 from __future__ import annotations
@@ -97,7 +97,7 @@ def compute_cams(model, target_layers: Sequence, inputs, categories: Sequence[in
     targets = [ClassifierOutputTarget(int(c)) for c in categories]
     cam = cls(model=model, target_layers=list(target_layers))
     if method == "scorecam":
-        cam.batch_size = 64  # library default 16; larger batches are ~1.5x faster on CPU
+        cam.batch_size = 64  # library default 16; larger batches are faster on a CPU
     try:
         with torch.enable_grad():
             maps = cam(input_tensor=inputs, targets=targets)

@@ -14,8 +14,8 @@ The rule, stated once here and repeated in `predict --help`:
     the target size, then bicubic). Images already 32×32 pass through untouched, so a CIFAR-10
     test image saved as PNG gives exactly the pixels `evaluate` uses. Large JPEGs are decoded at a
     reduced DCT scale (Pillow's draft mode) that still keeps at least 96 px on the shorter side:
-    measured on a 4000×3000 JPEG, 0.09 s instead of 0.26 s, and the 32×32 result is within 1 level
-    (of 255) of a full decode. The crop edge then falls on the reduced grid, at most half a reduced
+    faster, and the 32×32 result is within a grey level of a full decode (docs/BENCHMARKS.md,
+    'Moved from code comments'). The crop edge then falls on the reduced grid, at most half a reduced
     pixel (a few source pixels) from where a full decode puts it.
 
 Why a centre crop rather than squashing the whole picture into a square: CIFAR-10 objects are

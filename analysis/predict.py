@@ -4,11 +4,11 @@ Images are read by analysis/image_files.py (its docstring states the crop/resize
 normalised with the mean/std the run recorded in config.json and named with its class list, so a
 CIFAR-10 test image saved as PNG gets `evaluate`'s prediction (same top-1, probabilities within
 1e-5: only the memory layout differs, see forward_probs). Work is done in
-batches of 256 images: one decode pass, one model pass (channels-last: 2.0 instead of 2.6
-CPU-seconds per 256 images here, one thread), and with --cam one Grad-CAM pass per batch, so a
-folder of thousands of images never holds more than one batch of pixels in memory. The pass is
-compute-bound (convolutions are 71% of it, at ~100 GFLOP/s per core), so fp32 is kept: bf16 would
-be ~1.6× faster but would no longer give exactly `evaluate`'s predictions.
+batches of 256 images: one decode pass, one model pass (channels-last, faster than NCHW on a CPU),
+and with --cam one Grad-CAM pass per batch, so a folder of thousands of images never holds more
+than one batch of pixels in memory. The pass is compute-bound (mostly convolutions), so fp32 is
+kept: bf16 would be faster but would no longer give exactly `evaluate`'s predictions
+(measurements: docs/BENCHMARKS.md, 'Moved from code comments').
 
 A file that cannot be read is named on one line and skipped; the others are still predicted. The
 command then exits 1 (some failed) or 2 (none could be read), through `PartialFailure`.

@@ -1,8 +1,7 @@
 """Per-test-image predictions: read the ones training saved, or compute them with the model.
 
-A full pass over the 10,000 CIFAR-10 test images takes ~4 minutes on the shared 2-core CPU
-(1,000 images took 25 s through the LayerNorm ResNet-18, batch 500), so saved predictions are
-always preferred.
+A full pass over the 10,000 CIFAR-10 test images takes minutes on a CPU (docs/BENCHMARKS.md,
+'Moved from code comments'), so saved predictions are always preferred.
 """
 
 from __future__ import annotations

@@ -8,9 +8,9 @@ alternating rounds and the best round of each is kept, because on a shared box o
 whole slices of a round and the best is the least disturbed estimate of each pipeline's own speed.
 With no `workers` given, the table covers 1 and 2 workers (FFCV's workers are numba threads),
 so the per-thread scaling shows in the same run. Every FFCV row is timed before any torchvision
-row: torchvision's forked workers and torch ops left the later FFCV rows up to 11% slower under
-numba's OpenMP layer (2 workers, augmented: 425k img/s timed after a torchvision pass, 468-476k
-before it). (e) times the fused op alone, without FFCV, at each thread count: its own scaling,
+row: torchvision's forked workers and torch ops left the later FFCV rows slower under numba's
+OpenMP layer (docs/BENCHMARKS.md, 'loader per-thread scaling: the numba threading layer').
+(e) times the fused op alone, without FFCV, at each thread count: its own scaling,
 apart from FFCV's per-batch work. The numba threading layer the process ran under is printed and
 recorded; it decides the per-thread scaling (docs/BENCHMARKS.md, issue 17).
 """

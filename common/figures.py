@@ -32,8 +32,9 @@ def new_figure(width_in: float, height_in: float,
 
 def _write_png(fig: Any, target: str | Path | IO[bytes]) -> None:
     """The one PNG encoder setting for files and in-memory figures alike."""
-    # zlib level 3: PNG encoding took 0.35 s per 1300x1100 figure at the default 6, for files only
-    # ~10% smaller. The format is given explicitly: atomic temp names end in .tmp.
+    # zlib level 3: much faster to encode than the default 6, for files only slightly larger
+    # (docs/BENCHMARKS.md, 'Moved from code comments'). The format is given explicitly: atomic temp
+    # names end in .tmp.
     fig.savefig(target, format="png", dpi=DPI, facecolor="white", pil_kwargs={"compress_level": 3})
 
 

@@ -72,9 +72,9 @@ class ResNet(nn.Module):
         for m in self.modules():
             if zero_init and isinstance(m, BasicBlock):
                 # Each residual branch starts as zero, so the net starts as a shallow identity-like
-                # chain (Goyal et al. 2017, timm's zero_init_last). Measured on the shared data,
-                # LayerNorm, lr 0.03: without it the loss climbs from 2.4 to ~9 in the first 5
-                # steps; with it the loss stays below 2.4 and falls.
+                # chain (Goyal et al. 2017, timm's zero_init_last): with LayerNorm at the default lr
+                # the first steps' loss falls instead of climbing (docs/BENCHMARKS.md, 'Moved from
+                # code comments').
                 nn.init.zeros_(m.bn2.weight)  # type: ignore[arg-type]  # every norm here has an affine weight
 
     def _make_layer(self, planes: int, blocks: int, stride: int, norm: NormFactory) -> nn.Sequential:

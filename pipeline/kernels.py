@@ -27,9 +27,8 @@ Border modes (`P_BORDER`), i.e. what pad+crop and the rotation's bilinear taps s
 
 ``r(t)`` for length n: ``m = t mod (2n - 2)`` (non-negative), then ``m if m < n else 2n - 2 - m``.
 
-How the warp is computed (measured kernel-only, 512 images, 1 thread, CPU time, on the 2-core dev
-box: AMD EPYC Zen 5, numba 0.68 / LLVM 22; previous kernel 97k img/s, this one 280-316k):
-the (pre-flip) cropped window plus a margin `frame` wide enough for every tap of a rotation up to
+How the warp is computed (its speed and the variants tried: docs/BENCHMARKS.md, 'loader: faster
+fused kernel'): the (pre-flip) cropped window plus a margin `frame` wide enough for every tap of a rotation up to
 `max_angle` is first materialised as float32 (constant mode: the margin and the out-of-source strip
 hold `fill`; reflect mode: the reflected pixels), so every output pixel is the same branch-free
 four-tap lookup and no tap needs a border test. Per output row, a first loop computes source
@@ -37,9 +36,11 @@ coordinates, floors, the four weights and the tap offset for all 32 pixels (LLVM
 zmm code); a second, scalar loop does the 12 loads and multiply-adds per pixel (LLVM emits no
 gathers for it, whatever the layout), skipping the pixels a cutout square will cover. Offsets are
 unsigned: numba adds a negative-index wrap-around (compare + cmov) to every load through a signed
-index, which cost about as much as the arithmetic. The float math of each tap and weight is the
-previous kernel's (same affine map, same +2 offset before flooring, same four-weight sum), so the
-uint8 output is bit-identical to it and the float32 output within 1e-6.
+index, which cost about as much as the arithmetic. The float form of each tap and weight (the
+affine map, a +2 offset before flooring, the four-weight sum) is part of what a (seed, epoch,
+index) means: another form rounds some taps the other way, so the same image would be augmented
+differently from the runs already trained (the reference tests allow for bilinear rounding and
+would not notice; docs/BENCHMARKS.md, 'Moved from code comments').
 """
 
 from __future__ import annotations
@@ -64,13 +65,13 @@ BORDER_CONSTANT, BORDER_REFLECT = 0, 1
 BORDER_CODES = {"constant": BORDER_CONSTANT, "reflect": BORDER_REFLECT}
 
 # The per-image helpers below are plain njit calls, not numba-inlined: the call costs nothing
-# measurable per image, and a cold compile of augment_batch took 13.4 s with everything inlined
-# against 8.2 s now (previous kernel: 6.2 s; all three timed while other jobs loaded the box).
-# A warm cache loads either in ~0.4 s.
+# measurable per image, and inlining everything made augment_batch's cold compile much slower
+# (measurements: docs/BENCHMARKS.md, 'loader: faster fused kernel').
 
 # Images per parallel work item; each item allocates its scratch (window buffer, per-row tap
-# table) once. Measured no faster than allocating per image (198k vs 200k img/s kernel-only), kept
-# so the allocation count does not grow with the batch. Results do not depend on it.
+# table) once, so the allocation count does not grow with the batch (it is no faster than
+# allocating per image: docs/BENCHMARKS.md, 'loader: faster fused kernel'). Results do not depend
+# on it.
 CHUNK = 8
 
 
@@ -177,8 +178,8 @@ def _build_window(src, buf, frame, dy, dx, reflect, fill_row):
     """buf[v + frame, u + frame] = what the pre-flip cropped window shows at row v, column u, for
     u, v in [-frame, 31 + frame]: the source pixel (as float32), `fill` or a reflected pixel.
 
-    Costs ~0.5 µs per image against ~2.7 µs for the warp; each row's in-source span is one
-    contiguous uint8 → float32 conversion.
+    A small part of an image's cost next to the warp (docs/BENCHMARKS.md, 'Moved from code
+    comments'); each row's in-source span is one contiguous uint8 → float32 conversion.
     """
     h, w, _ = src.shape
     hb, wb, _ = buf.shape
@@ -190,9 +191,9 @@ def _build_window(src, buf, frame, dy, dx, reflect, fill_row):
     a = (frame + lo) * 3  # the in-source span of a buffer row: [a, b)
     b = (frame + hi) * 3
     s0 = (lo + dx) * 3
-    # Explicit loops over unsigned offsets: 0.46 µs per image, against 0.82 µs with three slice
-    # assignments per row; 3-D indexing and signed flat offsets (numba's negative-index checks on
-    # every store) were slower still (whole kernel 248k and 206k img/s vs 269k with slices).
+    # Explicit loops over unsigned offsets: faster than three slice assignments per row, and than
+    # 3-D indexing or signed flat offsets (numba's negative-index checks on every store);
+    # measurements: docs/BENCHMARKS.md, 'loader: faster fused kernel'.
     for bv in range(hb):
         v = bv - frame
         o = np.uint64(bv * n_row)
@@ -267,8 +268,8 @@ def _warp_image(buf, frame, dst, dy, dx, ax, bxy, cx, ay, by_, cy, scale, shift,
     offy = frame - dy - 2
     for y in range(h):
         fy_ = np.float32(y)
-        row_x = bxy * fy_ + cx + np.float32(2.0)  # +2: the previous kernel's offset, kept so the
-        row_y = by_ * fy_ + cy + np.float32(2.0)  # coordinates (and outputs) round as before
+        row_x = bxy * fy_ + cx + np.float32(2.0)  # +2, undone by offx/offy: part of the float form
+        row_y = by_ * fy_ + cy + np.float32(2.0)  # that fixes how each tap rounds (module docstring)
         for x in range(w):  # vectorised by LLVM (16 lanes)
             fx_ = np.float32(x)
             sx = ax * fx_ + row_x

@@ -24,7 +24,7 @@ AUTO_ON_CUDA = "ffcv"
 
 
 def ffcv_import_error() -> str | None:
-    """None when FFCV imports, else why not (one clause). The first call costs FFCV's import (~6 s);
+    """None when FFCV imports, else why not (one clause). The first call costs FFCV's import (seconds);
     torch's thread count, which importing FFCV resets, is put back."""
     threads = torch.get_num_threads()
     try:

@@ -58,7 +58,7 @@ def split_digests(manifest: dict[str, Any]) -> dict[str, str]:
 
 @functools.lru_cache(maxsize=1)
 def ffcv_missing() -> str | None:
-    """None when FFCV imports, else why not (one clause). Importing it costs ~6 s once.
+    """None when FFCV imports, else why not (one clause). Importing it costs seconds, once.
     Lives here, beside `has_betons`, so callers that only ask need neither numba nor torch."""
     try:
         import ffcv  # noqa: F401
@@ -119,7 +119,7 @@ def verify_betons(data_dir: str | Path, manifest: dict[str, Any]) -> list[str]:
 def verify_arrays(data_dir: str | Path, manifest: dict[str, Any],
                   splits: tuple[str, ...] = SPLITS) -> list[str]:
     """Return the splits whose .npz is missing, unrecorded, or differs from the manifest (size,
-    then sha256: ~0.2 s for the 150 MB train.npz on the dev box)."""
+    then sha256 of the whole file)."""
     bad = []
     for split in splits:
         path = arrays_path(data_dir, split)

@@ -1,20 +1,13 @@
 """Which numba threading layer runs the loader's parallel code (FFCV's stages and the fused op).
 
 The layer is chosen once per process, when the first parallel region runs, so this is called
-before any loader is built. Measured on a 2-core AMD EPYC (Zen 5), one `bench loader` run per
-layer, batch 512, img/s per thread at 2 threads against 1 (docs/BENCHMARKS.md, issue 17):
-
-| layer | (a) every augmentation | (c) no augmentation | (e) fused op alone |
-|---|---:|---:|---:|
-| tbb (numba's default) | −18% | −31% | −14% |
-| omp (GNU OpenMP) | −5% | −4% | −5% |
-
-numba's TBB pool costs ~0.1 ms more per parallel region (its op alone scales −3% on 4,096-image
-batches and −14% on 512: a fixed cost per call, not the kernel) and FFCV runs two regions per
-batch. But with torch computing on the CPU in the same process, the OpenMP layer slowed the
-loader-fed train step by 4% (192 vs 200 img/s, three alternating `bench train --steps 20` runs
-each). So: OpenMP first where torch does not compute on the CPU (a GPU run, `bench loader`),
-numba's own order (TBB first) where it does. `NUMBA_THREADING_LAYER` or
+before any loader is built. The loader's img/s per thread falls less from one thread to two under
+OpenMP than under numba's default, TBB: TBB's pool costs more per parallel region (a fixed cost
+per call, not the kernel), and FFCV runs two regions per batch. But with torch computing on the
+CPU in the same process, the OpenMP layer slowed the loader-fed train step (measurements:
+docs/BENCHMARKS.md, 'loader per-thread scaling: the numba threading layer'). So: OpenMP first
+where torch does not compute on the CPU (a GPU run, `bench loader`), numba's own order (TBB first)
+where it does. `NUMBA_THREADING_LAYER` or
 `NUMBA_THREADING_LAYER_PRIORITY` in the environment is the user's choice and always wins; a layer
 that cannot load (no libgomp, no TBB) is skipped by numba in the priority order.
 """

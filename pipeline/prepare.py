@@ -5,9 +5,9 @@ train/<class>/ and test/<class>/ (pipeline/image_folder.py). The betons are writ
 FFCV imports; the .npz arrays (what the torch loader and the analysis read) always are, so data can
 be prepared, and trained on with `--loader torch`, without FFCV.
 
-Measured on the 2-core dev box with the shared 170 MB archive: reading + unpickling ≈ 2.5 s,
-FFCV's writer ≈ 1.5-2 s per 50k raw images (it forks one process per core). Each file is written
-to a temp file and renamed, so an interrupted prepare never leaves a file under its final name.
+FFCV's writer forks one process per core (timings: docs/BENCHMARKS.md, 'prepare'). Each file is
+written to a temp file and renamed, so an interrupted prepare never leaves a file under its final
+name.
 """
 
 from __future__ import annotations
@@ -79,7 +79,8 @@ def _channel_histograms(flat: np.ndarray) -> np.ndarray:
 def channel_stats(images: np.ndarray) -> tuple[list[float], list[float]]:
     """Per-channel mean and std (0-255 scale), exact: computed from 256-bin histograms.
 
-    numpy's float64 route took 2.0 s for 50k images on the dev box; the numba histogram 0.15 s.
+    A cached numba histogram: many times faster than numpy's float64 route (docs/BENCHMARKS.md,
+    'prepare').
     """
     hist = _channel_histograms(images.reshape(-1, 3)).astype(np.float64)
     values = np.arange(256, dtype=np.float64)
@@ -239,7 +240,7 @@ def write_prepared(data: CifarData, out_dir: Path, limit: int | None = None,
                 write_beton(tmp, split, desc=f"{name}.beton")
                 info.update(sha256=sha256_file(tmp), bytes=tmp.stat().st_size)
             # Plain-numpy copies (uncompressed: 150 MB for CIFAR-10's train split) let the torch
-            # loader train and the analysis show and re-score images without FFCV (≈6 s to import).
+            # loader train and the analysis show and re-score images without FFCV (slow to import).
             tmp = array_temps[name]
             with open(tmp, "wb") as fh:
                 np.savez(fh, images=split.images, labels=split.labels)

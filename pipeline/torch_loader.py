@@ -12,11 +12,11 @@ Why it exists: where FFCV cannot be installed, and on a GPU, where the whole tra
 fits in device memory and a batch costs a gather plus a few elementwise kernels, with no host work
 or host→device copy per batch.
 
-On the CPU, eager torch ops are slow at this (measured on the 2-core dev box, full CIFAR-10 train
-split, batch 512, every augmentation, one thread: 40k img/s against the FFCV path's 215k), so
-there the loader augments with the numba kernel itself when numba imports (`augment_backend=
-"auto"`; numba needs no FFCV and is in requirements-noffcv.txt, since prepare uses it too): the
-same kernel and pixels, 268k img/s in the same measurement (bench/torch_loader.py).
+On the CPU, eager torch ops are several times slower at this than the FFCV path, so there the
+loader augments with the numba kernel itself when numba imports (`augment_backend="auto"`; numba
+needs no FFCV and is in requirements-noffcv.txt, since prepare uses it too): the same kernel and
+pixels, at least FFCV's speed (measurements: docs/BENCHMARKS.md, 'torch data path';
+bench/torch_loader.py).
 """
 
 from __future__ import annotations
@@ -179,10 +179,10 @@ def make_torch_loader(data_dir: str | Path, split: str, batch_size: int, aug: Au
     keeps order, has no augmentation and keeps every image. `workers` is accepted for the same
     call shape and unused: the work runs in torch's own intra-op threads (torch.set_num_threads).
     `copy` is unused too (every batch is a new tensor). `compile_augment` runs the augmentation
-    through torch.compile (one fused kernel per batch shape on CUDA; seconds to compile; on the
-    2-core CPU box it measured no faster than eager). `augment_backend`: "torch" (augment_torch,
-    any device), "numba" (the numba kernel, CPU only), "auto" (numba on the CPU where it imports,
-    else torch).
+    through torch.compile (one fused kernel per batch shape on CUDA; seconds to compile; on a CPU
+    no faster than eager with every augmentation: docs/BENCHMARKS.md, 'torch data path').
+    `augment_backend`: "torch" (augment_torch, any device), "numba" (the numba kernel, CPU only),
+    "auto" (numba on the CPU where it imports, else torch).
     """
     del workers, copy
     manifest = read_manifest(data_dir)

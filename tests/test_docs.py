@@ -1,4 +1,4 @@
-"""The docs cite tests that exist, and the README's figures regenerate: every `tests/FILE.py::test_name` in docs/RELIABILITY.md names a
+"""The docs cite tests that exist, the studies' figures regenerate, and the docs' links resolve: every `tests/FILE.py::test_name` in docs/RELIABILITY.md names a
 test function in that file (a renamed test would otherwise leave the table pointing at nothing)."""
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ def test_reliability_table_cites_existing_tests():
 
 
 def test_assignment_parity_figure_is_drawn_from_a_runs_metrics(tmp_path):
-    """The README's parity figure regenerates from any run's metrics.csv (the command it prints)."""
+    """docs/STUDIES.md's parity figure regenerates from any run's metrics.csv (the command it prints)."""
     run = tmp_path / "run"
     run.mkdir()
     (run / "metrics.csv").write_text("epoch,train_loss,train_acc,test_loss,test_acc,lr,seconds,img_per_s,val_loss,val_acc\n"
@@ -35,3 +35,22 @@ def test_assignment_parity_figure_is_drawn_from_a_runs_metrics(tmp_path):
     proc = subprocess.run([sys.executable, "scripts/assignment_parity.py"], cwd=ROOT, capture_output=True,
                           text=True, timeout=60)
     assert proc.returncode != 0 and proc.stderr.strip().startswith("usage:")
+
+
+def test_readme_stays_short_and_doc_links_resolve():
+    """The README is the newcomer's page (≤ 150 lines; per-command detail lives in docs/COMMANDS.md,
+    the studies in docs/STUDIES.md), and every relative link or image in it and in docs/*.md points
+    at a file that exists, from the page's own folder (docs/images/… in the README, images/… in docs/)."""
+    readme = ROOT / "README.md"
+    assert len(readme.read_text().splitlines()) <= 150
+    pages = [readme, *sorted((ROOT / "docs").glob("*.md"))]
+    assert {"COMMANDS.md", "STUDIES.md"} <= {p.name for p in pages}
+    broken = []
+    for page in pages:
+        for target in re.findall(r"\]\(([^)\s]+)\)", page.read_text()):
+            if re.match(r"[a-z]+:", target):
+                continue  # http(s), mailto
+            path = target.split("#", 1)[0]
+            if path and not (page.parent / path).exists():
+                broken.append(f"{page.relative_to(ROOT)}: {target}")
+    assert not broken, f"links to missing files: {broken}"
