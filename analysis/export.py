@@ -87,12 +87,16 @@ def normalizing_model(model, mean: np.ndarray, std: np.ndarray):
 
 def export_model(run_dir: str | Path | None = None, fmt: str = "onnx", which: str = "best",
                  out: str | Path | None = None, data_dir: str | Path | None = None,
-                 runs_root: str | Path = "runs", log: Log = lambda m: None) -> ExportResult:
-    """Export, verify against PyTorch on the run's test images, and keep the file only if it passes."""
+                 runs_root: str | Path = "runs", force: bool = False, log: Log = lambda m: None) -> ExportResult:
+    """Export, verify against PyTorch on the run's test images, and keep the file only if it passes.
+    An existing `out` is replaced only when it is an export of this toolkit, or with `force`."""
     if fmt not in FORMATS:
         raise UserError(f"unknown --format {fmt!r}; choose torchscript or onnx")
     if out is not None and Path(out).is_dir():
         raise UserError(f"--out {out} is a folder; give a file name such as model{SUFFIX[fmt]}")
+    if out is not None and Path(out).exists() and not force and not is_toolkit_export(Path(out)):
+        raise UserError(f"--out {out} exists and is not a model this toolkit exported; pass another file name, "
+                        "or --force to replace it")
     t0 = time.perf_counter()
     inputs = open_run(run_dir, which, data_dir, runs_root)
     model = load_model(inputs)
@@ -129,6 +133,24 @@ def export_model(run_dir: str | Path | None = None, fmt: str = "onnx", which: st
         size = tmp.stat().st_size
     return ExportResult(path, fmt, inputs.which, inputs.run.path, size, parity, opset, time.perf_counter() - t0,
                         inputs.classes)
+
+
+def is_toolkit_export(path: Path) -> bool:
+    """`path` is a TorchScript or ONNX file written by `export_model`: its metadata carries the
+    input contract (INPUT_SPEC) that every export of this toolkit records."""
+    import zipfile
+
+    try:
+        if zipfile.is_zipfile(path):  # TorchScript: a zip with the metadata under <name>/extra/
+            with zipfile.ZipFile(path) as archive:
+                names = [n for n in archive.namelist() if n.endswith("/extra/input.txt")]
+                return bool(names) and archive.read(names[0]).decode() == INPUT_SPEC
+        import onnx
+
+        proto = onnx.load(str(path), load_external_data=False)
+        return any(p.key == "input" and p.value == INPUT_SPEC for p in proto.metadata_props)
+    except Exception:  # noqa: BLE001 - anything unreadable is not one of ours
+        return False
 
 
 def metadata(inputs: RunInputs) -> dict[str, str]:

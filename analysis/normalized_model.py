@@ -28,4 +28,13 @@ class NormalizedModel(nn.Module):
         self.register_buffer("std", torch.tensor(np.asarray(std, np.float32)).view(1, 3, 1, 1))
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
+        # The input contract, checked in the graph: a float batch (0-1 or normalised) would otherwise
+        # be scaled as 0-255 pixels and answered wrongly without a word. Both checks read static
+        # properties, so the ONNX exporter resolves them at export time (its graph types the input
+        # as uint8 [batch, 3, 32, 32] and onnxruntime refuses anything else itself).
+        if images.dtype != torch.uint8:
+            raise ValueError("expected uint8 RGB images 0-255, NCHW (N, 3, 32, 32); got another dtype "
+                             "(convert floats to 0-255 uint8 first)")
+        if images.dim() != 4 or images.shape[1] != 3 or images.shape[2] != 32 or images.shape[3] != 32:
+            raise ValueError("expected uint8 RGB images NCHW (N, 3, 32, 32); got shape " + str(list(images.shape)))
         return self.model((images.float() - self.mean) / self.std)

@@ -112,7 +112,7 @@ def test_failed_parity_keeps_an_earlier_export(setup, tmp_path, monkeypatch):
     monkeypatch.setattr(export, "PARITY_IMAGES", 8)
     monkeypatch.setattr(export, "compare", lambda ref, got: export.Parity(len(ref), 1.0, 0))
     with pytest.raises(UserError, match="parity FAILED"):
-        export_model(run.path, "torchscript", out=path)
+        export_model(run.path, "torchscript", out=path, force=True)  # force: the bytes stand in for an export
     assert path.read_bytes() == b"earlier export" and [p.name for p in tmp_path.iterdir()] == ["m.pt"]
 
 
@@ -128,3 +128,32 @@ def test_bad_input(setup, tmp_path):
     with pytest.raises(UserError, match="has no last.pt"):
         export_model(no_ckpt.path, "onnx")
     assert not (no_ckpt.path / "export").exists()
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit.load` is deprecated:FutureWarning")
+def test_torchscript_refuses_float_or_misshaped_input(setup, tmp_path):
+    """0-1 floats would be read as 0-255 pixels and answered wrongly; the graph says what it takes."""
+    run, images = setup
+    result = export_model(run.path, "torchscript", which="last", out=tmp_path / "m.torchscript.pt")
+    loaded = torch.jit.load(str(result.path))
+    x = torch.from_numpy(fresh(images))
+    assert loaded(x).shape == (4, len(CLASSES))
+    with pytest.raises(Exception, match="expected uint8 RGB images 0-255.*got another dtype"):
+        loaded(x.float() / 255)
+    with pytest.raises(Exception, match=r"expected uint8 RGB images NCHW \(N, 3, 32, 32\); got shape \[4, 32, 32, 3\]"):
+        loaded(x.permute(0, 2, 3, 1).contiguous())
+
+
+def test_out_never_replaces_a_file_that_is_not_an_export_without_force(setup, tmp_path):
+    run, _ = setup
+    picture = tmp_path / "figure.png"
+    picture.write_bytes(b"\x89PNG\r\n\x1a\n not a model")
+    with pytest.raises(UserError, match="exists and is not a model this toolkit exported.*--force"):
+        export_model(run.path, "torchscript", which="last", out=picture)
+    assert picture.read_bytes() == b"\x89PNG\r\n\x1a\n not a model"
+    ours = tmp_path / "model.onnx"
+    export_model(run.path, "onnx", which="last", out=ours)
+    assert export.is_toolkit_export(ours) and not export.is_toolkit_export(picture)
+    export_model(run.path, "onnx", which="last", out=ours)  # an earlier export is replaced
+    export_model(run.path, "torchscript", which="last", out=picture, force=True)
+    assert export.is_toolkit_export(picture)
