@@ -12,25 +12,58 @@ import functools
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import typer
+from typer._click.exceptions import NoArgsIsHelpError, UsageError
+from typer.core import TyperGroup
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from cli_flags import with_train_flags  # noqa: E402  (typer + config only: --help stays instant)
 from common.errors import UserError  # noqa: E402  (no heavy imports behind this)
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
-                  help="Train and explain a ResNet-18 on CIFAR-10 with an FFCV loader.")
-bench_app = typer.Typer(no_args_is_help=True, help="Benchmarks; each compares against a baseline in the same run.")
-app.add_typer(bench_app, name="bench")
 
-
-def _fail(message: str, code: int = 2) -> None:
+def _fail(message: str, code: int = 2) -> NoReturn:
     message = " ".join(message.split())  # one line, even when it quotes a multi-line library message
     typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
     raise typer.Exit(code)
+
+
+def _usage_error(exc: UsageError) -> NoReturn:
+    """typer's own refusals (a flag that does not parse, an unknown option or command, a missing
+    argument) as the same one `error:` line, pointing at the command's --help, instead of a usage
+    block and a boxed panel."""
+    where = f" (see {exc.ctx.command_path} --help)" if exc.ctx is not None else ""
+    _fail(f"{exc.format_message()}{where}", exc.exit_code)
+
+
+class _OneLineUsageErrors(TyperGroup):
+    """The top-level group: parse errors anywhere below it (subcommands included) become one line.
+    A bare `cli.py` or `cli.py bench` still prints the help (NoArgsIsHelpError)."""
+
+    def make_context(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return super().make_context(*args, **kwargs)
+        except NoArgsIsHelpError:
+            raise
+        except UsageError as exc:
+            _usage_error(exc)
+
+    def invoke(self, ctx: Any) -> Any:
+        try:
+            return super().invoke(ctx)
+        except NoArgsIsHelpError:
+            raise
+        except UsageError as exc:
+            _usage_error(exc)
+
+
+app = typer.Typer(cls=_OneLineUsageErrors, add_completion=False, no_args_is_help=True,
+                  pretty_exceptions_enable=False,
+                  help="Train and explain a ResNet-18 on CIFAR-10 with an FFCV loader.")
+bench_app = typer.Typer(no_args_is_help=True, help="Benchmarks; each compares against a baseline in the same run.")
+app.add_typer(bench_app, name="bench")
 
 
 def user_errors(fn: Callable) -> Callable:
@@ -47,6 +80,26 @@ def user_errors(fn: Callable) -> Callable:
             raise typer.Exit(130) from None
 
     return wrapper
+
+
+RUN_HELP = "Run directory (default: the newest run under runs/)."
+
+
+def _run_argument(help_text: str = RUN_HELP) -> Any:
+    return typer.Argument(None, metavar="RUN", show_default=False, help=f"{help_text} Or give it as --run RUN.")
+
+
+def _run_option(help_text: str = RUN_HELP) -> Any:
+    return typer.Option(None, "--run", show_default=False, help=f"{help_text} The same as the RUN argument.")
+
+
+def _one_run(positional: Path | None, option: Path | None) -> Path | None:
+    """explain, evaluate, export and report take the run either way: `explain RUN` or
+    `explain --run RUN` (predict, whose arguments are images, only as --run)."""
+    if positional is not None and option is not None and positional != option:
+        raise UserError(f"the run is given twice ({positional} and --run {option}); give it once, "
+                        "as RUN or as --run RUN")
+    return positional if positional is not None else option
 
 
 @app.command()
@@ -102,7 +155,8 @@ def train(
               if result.decided_on == "last epoch" else
               f"best epoch {result.best_epoch} chosen on {result.decided_on} ({result.decided_on} accuracy "
               f"{100 * result.best_acc:.2f}%); test accuracy at that epoch {100 * result.best_test_acc:.2f}%")
-    typer.echo(f"done: {chosen}; final test accuracy {100 * result.final_test_acc:.2f}%; {result.epochs_done} epochs "
+    epochs = f"{result.epochs_done} epoch{'' if result.epochs_done == 1 else 's'}"
+    typer.echo(f"done: {chosen}; final test accuracy {100 * result.final_test_acc:.2f}%; {epochs} "
                f"in {duration(result.seconds, compact=True)}; run in {result.run.path}")
 
 
@@ -155,6 +209,7 @@ def summary(
     else:
         model_cfg = ModelConfig(norm=norm, groups=groups, zero_init=zero_init)
         model_cfg.shortcut_norm = shortcut_norm or model_cfg.shortcut_norm
+    model_cfg.validate()  # an unknown --norm or --shortcut-norm is one line, before anything is printed
     typer.echo(describe_norms(model_cfg))
     typer.echo(summary_table(build_model(model_cfg)))
 
@@ -162,7 +217,8 @@ def summary(
 @app.command()
 @user_errors
 def explain(
-    run: Path | None = typer.Option(None, help="Run directory (default: the newest run under runs/)."),
+    run: Path | None = _run_argument(),
+    run_option: Path | None = _run_option(),
     layer: list[int] = typer.Option([3], help="ResNet stage whose last block is explained: 3 (8×8 map) or 4 (4×4 map); repeat the flag for both."),
     count: int = typer.Option(20, help="How many misclassified test images to show."),
     pick: str = typer.Option("confident", help="confident: the mistakes the model was surest about; random: a seeded sample."),
@@ -175,14 +231,15 @@ def explain(
     """Misclassified test images, Grad-CAM heat maps and their faithfulness scores."""
     from cli_analysis import explain_command
 
-    explain_command(run=run, layer=layer, count=count, pick=pick, seed=seed, target=target,
+    explain_command(run=_one_run(run, run_option), layer=layer, count=count, pick=pick, seed=seed, target=target,
                     method=method, which=which, data=data)
 
 
 @app.command()
 @user_errors
 def evaluate(
-    run: Path | None = typer.Option(None, help="Run directory (default: the newest run under runs/)."),
+    run: Path | None = _run_argument(),
+    run_option: Path | None = _run_option(),
     which: str = typer.Option("best", help="Checkpoint: best or last."),
     recompute: bool = typer.Option(False, "--recompute", help="Run the model over the test set instead of reading saved predictions."),
     data: Path | None = typer.Option(None, help="Folder with test.npz (default: the one the run was trained on)."),
@@ -191,26 +248,28 @@ def evaluate(
     """Overall and per-class test accuracy and a confusion matrix."""
     from cli_analysis import evaluate_command
 
-    evaluate_command(run=run, which=which, recompute=recompute, data=data, tta=tta)
+    evaluate_command(run=_one_run(run, run_option), which=which, recompute=recompute, data=data, tta=tta)
 
 
 @app.command()
 @user_errors
 def report(
-    run: Path | None = typer.Argument(None, help="Run directory or compare folder (default: the newest run under runs/)."),
+    run: Path | None = _run_argument("Run directory or compare folder (default: the newest run under runs/)."),
+    run_option: Path | None = _run_option("Run directory or compare folder (default: the newest run under runs/)."),
     out: Path | None = typer.Option(None, help="HTML file to write (default: RUN/report.html)."),
 ) -> None:
     """One self-contained HTML page: config, data, curves, per-class accuracy, Grad-CAM, throughput."""
     from cli_analysis import report_command
 
-    report_command(run=run, out=out)
+    report_command(run=_one_run(run, run_option), out=out)
 
 
 @app.command()
 @user_errors
 def predict(
-    paths: list[str] = typer.Argument(..., metavar="PATH", help="Image files, folders (searched recursively for .png .jpg .jpeg .bmp .webp) or quoted globs ('photos/**/*.jpg')."),
-    run: Path | None = typer.Option(None, help="Run directory (default: the newest run under runs/)."),
+    paths: list[str] = typer.Argument(..., metavar="PATH", help="Image files, folders (searched recursively for images; symlinked folders are not followed) or quoted globs ('photos/**/*.jpg'). PNG, JPEG, BMP and WebP are read; any other image (GIF, TIFF, …) is named and skipped, named or found in a folder."),
+    run: Path | None = typer.Option(None, help="Run directory (default: the newest run under runs/); only as "
+                                    "--run RUN here, since the arguments are the images."),
     which: str = typer.Option("best", help="Checkpoint: best or last."),
     top_k: int = typer.Option(3, help="Classes shown per image, most probable first."),
     cam: bool = typer.Option(False, "--cam", help="Also write a Grad-CAM figure per image for its predicted class: the original beside one overlay per --layer."),
@@ -235,11 +294,13 @@ def predict(
 @app.command()
 @user_errors
 def export(
+    run: Path | None = _run_argument(),
     format: str = typer.Option(..., "--format", help="torchscript or onnx (opset 18, dynamic batch)."),
-    run: Path | None = typer.Option(None, help="Run directory (default: the newest run under runs/)."),
+    run_option: Path | None = _run_option(),
     which: str = typer.Option("best", help="Checkpoint: best or last."),
     out: Path | None = typer.Option(None, help="File to write (default: RUN/export/<which>.onnx or RUN/export/<which>.torchscript.pt)."),
     data: Path | None = typer.Option(None, help="Folder with test.npz for the parity check (default: the one the run was trained on)."),
+    force: bool = typer.Option(False, "--force", help="Replace an existing --out file that is not an export of this toolkit (one that is gets replaced anyway)."),
 ) -> None:
     """The model with its normalisation built in, as one file: input uint8 RGB NCHW (N, 3, 32, 32), 0-255; output logits.
 
@@ -248,7 +309,26 @@ def export(
     """
     from cli_use import export_command
 
-    export_command(run=run, fmt=format, which=which, out=out, data=data)
+    export_command(run=_one_run(run, run_option), fmt=format, which=which, out=out, data=data, force=force)
+
+
+def _bench_counts(**values: int | None) -> None:
+    """Every count a benchmark takes is at least 1 (a 0 used to end in ZeroDivisionError after
+    minutes of timing) and not absurd; checked before anything is built or timed."""
+    from common.config import MAX_BATCH, MAX_COUNT, MAX_EPOCHS, MAX_WORKERS, check_at_most
+
+    limits = {"batch_size": MAX_BATCH, "epochs": MAX_EPOCHS, "workers": MAX_WORKERS}
+    for name, value in values.items():
+        flag = name.replace("_", "-")
+        if value is not None and value < 1:
+            raise UserError(f"--{flag} must be at least 1, got {value}")
+        check_at_most(flag, value, limits.get(name, MAX_COUNT))
+
+
+def _bench_data(data: Path) -> None:
+    if data.exists() and not data.is_dir():
+        raise UserError(f"--data {data} is a file, not a folder; pass a folder written by `python cli.py prepare` "
+                        "(or a folder without one, for synthetic images)")
 
 
 @bench_app.command("loader")
@@ -262,6 +342,8 @@ def bench_loader_cmd(
     json_out: Path | None = typer.Option(None, "--json", help="Also write the figures here."),
 ) -> None:
     """Train pipeline (all augmentations) vs torchvision DataLoader vs no augmentation."""
+    _bench_counts(batch_size=batch_size, epochs=epochs, tv_limit=tv_limit, workers=workers)
+    _bench_data(data)
     from bench.common import report
     from bench.loader import bench_loader
 
@@ -280,6 +362,8 @@ def bench_train_cmd(
     json_out: Path | None = typer.Option(None, "--json", help="Also write the figures here."),
 ) -> None:
     """Train step fed by the loader vs model-only vs a torchvision baseline; fp32/bf16 × eager/compile."""
+    _bench_counts(batch_size=batch_size, steps=steps)
+    _bench_data(data)
     from bench.common import report
     from bench.train import bench_train
 
@@ -302,6 +386,8 @@ def bench_gpu_cmd(
     json_out: Path | None = typer.Option(None, "--json", help="Also write the figures here."),
 ) -> None:
     """One GPU's figures: norm × memory format × eager/compile, loader stall, a 2-epoch run, the race probe."""
+    _bench_counts(steps=steps, epochs=epochs, subset=subset, test_subset=test_subset, max_steps=max_steps)
+    _bench_data(data)
     from bench.common import report
     from bench.gpu import bench_gpu
     from training.compare import parse_norms
@@ -318,6 +404,9 @@ def bench_prepare_cmd(
     json_out: Path | None = typer.Option(None, "--json", help="Also write the figures here."),
 ) -> None:
     """Archive → betons, step by step, against the floor of just reading the archive."""
+    if not source.exists():  # before bench_prepare imports FFCV (seconds)
+        raise UserError(f"--source {source} does not exist; pass a CIFAR-10 .tar.gz archive or an extracted "
+                        "cifar-10-batches-py/ folder")
     from bench.common import report
     from bench.prepare import bench_prepare
 
@@ -331,6 +420,7 @@ def bench_startup_cmd(
     json_out: Path | None = typer.Option(None, "--json", help="Also write the figures here."),
 ) -> None:
     """Process start → first batch: imports, loader build, JIT with a cold and a warm numba cache."""
+    _bench_data(data)
     from bench.common import report
     from bench.startup import bench_startup
 
@@ -348,6 +438,8 @@ def bench_predict_cmd(
     json_out: Path | None = typer.Option(None, "--json", help="Also write the figures here."),
 ) -> None:
     """predict on a folder of PNG files: batched vs one image at a time, and the whole command's wall time."""
+    _bench_counts(images=images, baseline=baseline)
+    _bench_data(data)
     from bench.common import report
     from bench.predict import bench_predict
 

@@ -98,28 +98,43 @@ FLAGS: tuple[Flag, ...] = (
          "and best.pt follow it. 0: decide on the test set (the original assignment's habit)."),
     Flag("test_subset", ("data", "test_subset"), int | None, "Evaluate on the first N test images only (quick CPU runs)."),
     Flag("max_steps", ("optim", "max_steps"), int | None, "At most this many steps per epoch (quick looks)."),
-    Flag("workers", ("data", "workers"), int | None, "Loader threads (default: the cores this process may use)."),
+    Flag("workers", ("data", "workers"), int | None, "Loader threads."),
     Flag("loader", ("data", "loader"), str | None,
          "Data path: ffcv (numba threads on the host), torch (tensor ops on the training device; needs no FFCV), "
          "auto (FFCV where it imports and the data has betons, else torch)."),
     Flag("seed", ("run", "seed"), int | None, "Seed for init, shuffling and augmentation."),
     Flag("device", ("run", "device"), str | None, "auto (CUDA when usable), cpu, cuda, cuda:N."),
     Flag("amp", ("run", "amp"), bool | None,
-         "Mixed precision: bf16 autocast (fp16 + GradScaler on GPUs without native bf16). Default: on for CUDA "
-         "and for CPUs with native bf16 (AVX512-BF16 or AMX; measured 2x faster, same learning), fp32 elsewhere.",
+         "Mixed precision: bf16 autocast (fp16 + GradScaler on GPUs without native bf16). A CPU has native bf16 "
+         "with AVX512-BF16 or AMX (measured 2x faster there, same learning); elsewhere the default is fp32.",
          ("--amp/--no-amp",)),
     Flag("channels_last", ("run", "channels_last"), bool | None,
-         "Memory format. Default: channels-last on the CPU (measured faster there); on CUDA channels-last for "
-         "--norm batch and NCHW for layer and group (CUDA group norm has no channels-last kernel).",
+         "Memory format: channels-last (measured faster on the CPU) or NCHW (on CUDA for layer and group norm, "
+         "whose CUDA kernel has no channels-last path).",
          ("--channels-last/--no-channels-last",)),
     Flag("compile", ("run", "compile"), bool | None, "torch.compile the model.", ("--compile/--no-compile",)),
     Flag("tensorboard", ("run", "tensorboard"), bool | None, "Write TensorBoard event files under RUN/tb/.",
          ("--tensorboard/--no-tensorboard",)),
     Flag("test_every", ("run", "test_every"), str | None,
          "When to score the test set: epoch (every epoch), or needed (when it decides the LR, at the final epoch and "
-         "at new bests on validation). Default: epoch on the CPU, needed on CUDA."),
+         "at new bests on validation)."),
     Flag("quiet", None, bool | None, "No progress output.", ("--quiet/--no-quiet",)),
 )
+
+
+# Fields whose TrainConfig default is None because the value is decided when the run starts: the
+# rule that decides it, as `--help` shows it (instead of "none").
+COMPUTED_DEFAULTS = {
+    "fill": "mean, the train-mean pixel",
+    "val": "5,000, or a tenth of the training images (after --subset) when that is fewer",
+    "subset": "all training images",
+    "test_subset": "all test images",
+    "max_steps": "no limit",
+    "workers": "the cores this process may use",
+    "amp": "on for CUDA and for CPUs with native bf16, off elsewhere",
+    "channels_last": "on, except NCHW for --norm layer and group on CUDA",
+    "test_every": "epoch on the CPU, needed on CUDA",
+}
 
 
 def _default_text(flag: Flag) -> str:
@@ -127,7 +142,7 @@ def _default_text(flag: Flag) -> str:
         return {"recipe": "default"}.get(flag.name, "")
     section, field = flag.target
     base = getattr(getattr(TrainConfig(), section), field)
-    texts = [_show(base)]
+    texts = [COMPUTED_DEFAULTS[flag.name] if base is None and flag.name in COMPUTED_DEFAULTS else _show(base)]
     for recipe in RECIPES[1:]:
         value = getattr(getattr(apply_recipe(TrainConfig(), recipe), section), field)
         if value != base:

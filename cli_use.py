@@ -47,11 +47,11 @@ def predict_command(paths: Sequence[str | Path], run: Path | None = None, top_k:
 
 
 def export_command(run: Path | None = None, fmt: str = "onnx", which: str = "best", out: Path | None = None,
-                   data: Path | None = None, echo: Echo = typer.echo, err: Echo = _err):
+                   data: Path | None = None, force: bool = False, echo: Echo = typer.echo, err: Echo = _err):
     """Export, verify, and print the file, its size, the input contract and the parity check."""
     from analysis.export import INPUT_SPEC, export_model
 
-    result = export_model(run, fmt, which, out, data, log=err)
+    result = export_model(run, fmt, which, out, data, force=force, log=err)
     what = f"ONNX opset {result.opset}" if result.format == "onnx" else "TorchScript"
     echo(f"wrote {result.path} ({result.size / 1e6:.1f} MB, {what}, from {RunDir(result.run).weights_label(result.which)} of run {result.run})")
     echo(f"input: {INPUT_SPEC}; output: logits (N, {len(result.classes)}) float32; class names in the "

@@ -20,6 +20,7 @@ from analysis.outputs import AnalysisFiles
 from analysis.predictions import get_predictions
 from analysis.selection import confidence, select_misclassified
 from common.atomic import write_json
+from common.config import MAX_SEED
 from common.errors import UserError
 
 TARGETS = ("predicted", "true")
@@ -73,6 +74,8 @@ def explain(run_dir: str | Path | None = None, layers: Sequence[int] = (3,), cou
         raise UserError(f"unknown --target {target!r}; choose 'predicted' or 'true'")
     if count < 1:
         raise UserError(f"--count must be at least 1, got {count}")
+    if not 0 <= seed <= MAX_SEED:
+        raise UserError(f"--seed must be between 0 and {MAX_SEED:,}, got {seed:,}")
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
 

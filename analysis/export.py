@@ -94,6 +94,9 @@ def export_model(run_dir: str | Path | None = None, fmt: str = "onnx", which: st
         raise UserError(f"unknown --format {fmt!r}; choose torchscript or onnx")
     if out is not None and Path(out).is_dir():
         raise UserError(f"--out {out} is a folder; give a file name such as model{SUFFIX[fmt]}")
+    blocking = next((p for p in Path(out).parents if p.exists() and not p.is_dir()), None) if out is not None else None
+    if blocking is not None:  # mkdir would fail with a bare "File exists" / "Not a directory"
+        raise UserError(f"--out {out} lies below the file {blocking}, which is not a folder; choose another --out")
     if out is not None and Path(out).exists() and not force and not is_toolkit_export(Path(out)):
         raise UserError(f"--out {out} exists and is not a model this toolkit exported; pass another file name, "
                         "or --force to replace it")

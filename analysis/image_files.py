@@ -4,6 +4,8 @@ The rule, stated once here and repeated in `predict --help`:
 
   * formats: PNG, JPEG, BMP and WebP (checked from the file's content, not its extension); the
     first frame of an animated file; a JPEG's EXIF orientation is applied, as image viewers do.
+    Any other image (GIF, TIFF, HEIC, …) is refused with the same line whether it is named or
+    found in a folder; inside folders, files that are not images by extension are left out.
   * colour: greyscale, palette, CMYK and 1-bit images are converted to RGB; 16-bit greyscale is
     scaled to 8 bits (value >> 8); an alpha channel (RGBA, LA, a palette with transparency) is
     composited onto a white background, so transparent areas read as white, the way a viewer shows
@@ -26,6 +28,7 @@ first in that case.
 
 from __future__ import annotations
 
+import fnmatch
 import glob
 import os
 from collections.abc import Iterable, Sequence
@@ -37,6 +40,11 @@ import numpy as np
 SIZE = 32
 FORMATS = ("PNG", "JPEG", "BMP", "WEBP")
 EXTENSIONS = (".png", ".jpg", ".jpeg", ".jpe", ".bmp", ".dib", ".webp")
+# Images in formats this toolkit does not read. Inside a folder they are tried like the supported
+# ones, so each gets the same "skipped …: is a GIF file; supported formats are …" line as when it
+# is named; only files that are not images at all (a README, .DS_Store) are ignored silently.
+OTHER_IMAGE_EXTENSIONS = (".gif", ".tif", ".tiff", ".heic", ".heif", ".avif", ".jxl", ".jp2", ".ico", ".tga",
+                          ".ppm", ".pgm", ".pbm", ".pnm", ".psd", ".svg")
 BACKGROUND = (255, 255, 255)  # alpha is composited onto white
 REDUCING_GAP = 3.0
 DRAFT_MIN = 3 * SIZE  # JPEG draft decoding keeps at least this many pixels on the shorter side
@@ -63,7 +71,7 @@ class Collected:
 
     files: list[Path]
     missing: list[str]  # arguments that are neither a file, a folder nor a glob with matches
-    ignored: int  # files inside given folders skipped for a non-image extension
+    ignored: int  # files inside given folders skipped because they are not images (by extension)
 
 
 def collect_images(specs: Sequence[str | os.PathLike]) -> Collected:
@@ -71,8 +79,10 @@ def collect_images(specs: Sequence[str | os.PathLike]) -> Collected:
 
     A file named explicitly is always tried, whatever its extension, so a mislabelled image is
     still read and a non-image gets its own error line; inside a folder only image extensions are
-    taken, so a README or a .DS_Store next to the pictures is not reported as a failure. Each
-    file appears once even when several arguments reach it.
+    taken (the supported ones and OTHER_IMAGE_EXTENSIONS, which are then refused by name just as
+    when named), so a README or a .DS_Store next to the pictures is not reported as a failure.
+    Symlinked folders are not descended into, in folders and in `**` globs alike, so a link loop
+    cannot hang the command. Each file appears once even when several arguments reach it.
     """
     files: list[Path] = []
     seen: set[Path] = set()
@@ -96,7 +106,7 @@ def collect_images(specs: Sequence[str | os.PathLike]) -> Collected:
             for p in found:
                 add(p)
         elif glob.has_magic(text):
-            matches = sorted(glob.glob(text, recursive=True))
+            matches = sorted(expand_glob(text))
             if not matches:
                 missing.append(text)
             for match in matches:
@@ -120,11 +130,76 @@ def _walk(folder: Path) -> tuple[list[Path], int]:
         for name in sorted(names):
             if name.startswith("."):
                 continue
-            if name.lower().endswith(EXTENSIONS):
+            if name.lower().endswith(EXTENSIONS + OTHER_IMAGE_EXTENSIONS):
                 found.append(Path(root) / name)
             else:
                 skipped += 1
     return found, skipped
+
+
+def expand_glob(pattern: str) -> list[str]:
+    """`glob.glob(pattern, recursive=True)`, except that `**` never enters a symlinked folder.
+
+    glob follows every symlink under `**`, so a link back to a parent folder (`L/loop -> ..`)
+    made it recurse until the path grew too long: with two such links 2^40 paths, a hang. The same
+    rule as folder mode (os.walk without followlinks) applies instead: `**` matches the folder,
+    the real folders below it and (as the last part) their files; a wildcard or literal part may
+    still name a symlinked folder, one level, never recursively. Hidden names match only a part
+    that starts with a dot, as in glob.
+    """
+    absolute, dirs_only = pattern.startswith(os.sep), pattern.endswith(os.sep)
+    parts = [p for p in pattern.split(os.sep) if p]
+    current = [os.sep if absolute else ""]
+    for i, part in enumerate(parts):
+        last = i == len(parts) - 1
+        following: list[str] = []
+        for base in current:
+            if part == "**":
+                following.extend(_below(base, with_files=last))
+            elif glob.has_magic(part):
+                following.extend(_matching(base, part, dirs_only=not last))
+            else:
+                candidate = os.path.join(base, part)
+                if os.path.isdir(candidate) or (last and os.path.lexists(candidate)):
+                    following.append(candidate)
+        current = following
+    return [c for c in dict.fromkeys(current) if c and (not dirs_only or os.path.isdir(c))]
+
+
+def _entries(folder: str) -> list[os.DirEntry]:
+    try:
+        with os.scandir(folder or os.curdir) as it:
+            return sorted(it, key=lambda e: e.name)
+    except OSError:
+        return []
+
+
+def _matching(base: str, part: str, dirs_only: bool) -> list[str]:
+    out = []
+    for entry in _entries(base):
+        if entry.name.startswith(".") and not part.startswith("."):
+            continue
+        if fnmatch.fnmatch(entry.name, part) and (not dirs_only or entry.is_dir()):
+            out.append(os.path.join(base, entry.name))
+    return out
+
+
+def _below(base: str, with_files: bool) -> list[str]:
+    """`base` and every real (not symlinked) folder below it, not hidden; with_files: their files too."""
+    out = [base]
+    stack = [base]
+    while stack:
+        folder = stack.pop()
+        for entry in _entries(folder):
+            if entry.name.startswith("."):
+                continue
+            path = os.path.join(folder, entry.name)
+            if entry.is_dir(follow_symlinks=False):
+                out.append(path)
+                stack.append(path)
+            elif with_files and not entry.is_dir():
+                out.append(path)
+    return out
 
 
 def read_image(path: str | os.PathLike) -> tuple[np.ndarray, ImageInfo]:

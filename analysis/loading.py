@@ -43,6 +43,9 @@ def resolve_run(run_dir: str | Path | None, runs_root: str | Path = "runs") -> R
     if run_dir is None:
         return latest_run(runs_root)
     path = Path(run_dir)
+    if path.exists() and not path.is_dir():
+        raise UserError(f"{path} is a file, not a run directory; pass the folder written by `python cli.py train` "
+                        "(the one that holds config.json)")
     if not path.is_dir():
         raise UserError(f"run directory {path} does not exist; pass a folder written by "
                         "`python cli.py train`")

@@ -85,6 +85,14 @@ def open_for_predict(run_dir: str | Path | None, which: str, runs_root: str | Pa
     return open_run(run.path, which, data_dir=run.path, runs_root=runs_root)
 
 
+def _check_folder_target(out: Path) -> None:
+    """--out must be a folder or a path one can be created at: not a file, nor below one."""
+    existing = next((p for p in (out, *out.parents) if p.exists()), None)
+    if existing is not None and not existing.is_dir():
+        where = "is a file" if existing == out else f"lies below the file {existing}"
+        raise UserError(f"--out {out} {where}; --cam writes one figure per image into a folder: give a folder")
+
+
 def forward_probs(model, images: np.ndarray, mean: np.ndarray, std: np.ndarray) -> np.ndarray:
     """Softmax (N, classes) float32 for uint8 NHWC images, in one pass (the caller batches).
 
@@ -124,6 +132,8 @@ def predict(paths: Sequence[str | Path], run_dir: str | Path | None = None, whic
     chosen_layers = check_layers(list(layers) or [3]) if cam else []
     if json_path is not None and Path(json_path).is_dir():
         raise UserError(f"--json {json_path} is a folder; give a file name such as predictions.json")
+    if out is not None:
+        _check_folder_target(Path(out))
 
     timings: dict[str, float] = {}
     t0 = time.perf_counter()

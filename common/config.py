@@ -19,6 +19,20 @@ BORDERS = ("constant", "reflect")
 LOADERS = ("ffcv", "torch", "auto")
 SCHEDULES = ("plateau", "onecycle")
 TEST_EVERY = ("epoch", "needed")
+# Upper bounds for integer flags: far beyond any real use, low enough that no value overflows the
+# int64 (or uint32 seed) it ends up in, and an `--epochs 1e23`-style typo is refused in one line
+# instead of starting a run that never ends.
+MAX_EPOCHS = 10_000
+MAX_BATCH = 65_536
+MAX_COUNT = 1_000_000_000  # images (--subset, --test-subset, --val) and steps (--max-steps, --warmup-steps)
+MAX_WORKERS = 1024
+MAX_SEED = 2**32 - 1
+
+
+def check_at_most(flag: str, value: int | None, limit: int, what: str = "") -> None:
+    """Refuse an integer flag above `limit`, naming the flag and the bound."""
+    if value is not None and value > limit:
+        raise UserError(f"--{flag} must be at most {limit:,}{what}, got {value:,}")
 
 
 @dataclass
@@ -127,8 +141,13 @@ class OptimConfig:
     def validate(self) -> None:
         if self.epochs < 1:
             raise UserError(f"--epochs must be at least 1, got {self.epochs}")
+        check_at_most("epochs", self.epochs, MAX_EPOCHS)
         if self.batch_size < 1:
             raise UserError(f"--batch-size must be at least 1, got {self.batch_size}")
+        check_at_most("batch-size", self.batch_size, MAX_BATCH, " images per step")
+        check_at_most("max-steps", self.max_steps, MAX_COUNT)
+        check_at_most("warmup-steps", self.warmup_steps, MAX_COUNT)
+        check_at_most("plateau-patience", self.plateau_patience, MAX_EPOCHS, " epochs")
         if self.lr <= 0:
             raise UserError(f"--lr must be positive, got {self.lr}")
         if not 0.0 <= self.label_smoothing < 1.0:
@@ -180,6 +199,9 @@ class DataConfig:
             raise UserError(f"--loader must be one of {', '.join(LOADERS)}, got {self.loader!r}")
         if self.workers is not None and self.workers < 1:
             raise UserError(f"--workers must be at least 1, got {self.workers}")
+        for flag, value in (("val", self.val), ("subset", self.subset), ("test-subset", self.test_subset)):
+            check_at_most(flag, value, MAX_COUNT, " images")
+        check_at_most("workers", self.workers, MAX_WORKERS, " loader threads")
 
 
 @dataclass
@@ -216,6 +238,8 @@ class TrainConfig:
         self.augment.validate()
         self.model.validate()
         self.optim.validate()
+        if not 0 <= self.run.seed <= MAX_SEED:
+            raise UserError(f"--seed must be between 0 and {MAX_SEED:,}, got {self.run.seed:,}")
         if self.run.test_every not in (None, *TEST_EVERY):
             raise UserError(f"--test-every must be one of {', '.join(TEST_EVERY)}, got {self.run.test_every!r}")
         return self

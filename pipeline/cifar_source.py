@@ -124,9 +124,8 @@ def _read_members_from_tar(path: Path) -> dict[str, bytes]:
                     assert fh is not None
                     found[base] = fh.read()
     except (tarfile.TarError, EOFError, zlib.error, OSError) as exc:
-        detail = " ".join(str(exc).split())[:160]
-        raise UserError(f"{path} is not a readable .tar.gz archive ({detail}); it may be truncated "
-                        "or corrupt: download it again") from None
+        raise UserError(f"{path} is not a readable .tar.gz archive ({_why_unreadable(path, exc)}); it may be "
+                        "truncated or corrupt: download it again") from None
     if not found and any(n.startswith("cifar-100-python") for n in names):
         raise UserError(f"{path} is the CIFAR-100 archive; this toolkit needs CIFAR-10 "
                         "(cifar-10-python.tar.gz)")
@@ -135,6 +134,25 @@ def _read_members_from_tar(path: Path) -> dict[str, bytes]:
         raise UserError(f"{path} lacks {', '.join(missing)} under {FOLDER}/; expected the official "
                         "CIFAR-10 python layout")
     return found
+
+
+def _why_unreadable(path: Path, exc: BaseException) -> str:
+    """What is wrong with an archive tarfile could not read, as one whole clause. tarfile's own
+    message lists every method it tried over several lines, and cutting it left half a sentence."""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(6)
+    except OSError as err:
+        return f"it cannot be opened: {err.strerror or err}"
+    if not head:
+        return "the file is empty"
+    compressed = {b"\x1f\x8b": "gzip", b"BZh": "bzip2", b"\xfd7zXZ": "xz"}
+    kind = next((name for magic, name in compressed.items() if head.startswith(magic)), None)
+    if kind is None:
+        return "it is neither gzip, bzip2 nor xz data, nor a plain tar file"
+    if isinstance(exc, (EOFError, zlib.error)) or "end of data" in str(exc) or "ended before" in str(exc):
+        return f"its {kind} data ends early or is damaged"
+    return f"it is {kind}-compressed, but what it holds is not a tar archive"
 
 
 def _read_members_from_folder(path: Path) -> dict[str, bytes]:

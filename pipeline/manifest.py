@@ -14,6 +14,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -130,6 +131,22 @@ def verify_arrays(data_dir: str | Path, manifest: dict[str, Any],
     return bad
 
 
+# What numpy raises for an .npz that is truncated or corrupt: zipfile's BadZipFile (no central
+# directory, a bad CRC), EOFError / ValueError (a member cut short, a damaged .npy header), OSError,
+# KeyError (a member missing). A zlib.error cannot happen: prepare writes the arrays uncompressed.
+NPZ_ERRORS = (zipfile.BadZipFile, EOFError, ValueError, KeyError, OSError)
+
+
+def _load_npz(path: Path, rebuild: str) -> tuple[np.ndarray, np.ndarray]:
+    """images and labels of one .npz, read whole; a damaged file is one sentence with the fix."""
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            return z["images"], z["labels"]
+    except NPZ_ERRORS as exc:
+        detail = " ".join(str(exc).split())[:100] or type(exc).__name__
+        raise UserError(f"{path} is truncated or corrupt ({type(exc).__name__}: {detail}); {rebuild}") from None
+
+
 def read_arrays(data_dir: str | Path, split: str, manifest: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
     """One split's images (N, 32, 32, 3) uint8 and int64 labels, checked against the manifest."""
     path = arrays_path(data_dir, split)
@@ -140,11 +157,7 @@ def read_arrays(data_dir: str | Path, split: str, manifest: dict[str, Any]) -> t
     if verify_arrays(data_dir, manifest, (split,)):
         what = "missing" if not path.is_file() else "not the file prepare wrote (size or sha256 differs)"
         raise UserError(f"{path} is {what}; {rebuild}")
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            images, labels = z["images"], z["labels"]
-    except (ValueError, KeyError, OSError):
-        raise UserError(f"{path} is damaged; {rebuild}") from None
+    images, labels = _load_npz(path, rebuild)
     count = manifest["splits"][split]["count"]
     if images.dtype != np.uint8 or images.shape != (count, 32, 32, 3) or labels.shape != (count,):
         raise UserError(f"{path} holds images {images.shape} {images.dtype} and {labels.shape[0]} labels, "
@@ -158,8 +171,4 @@ def read_test_arrays(data_dir: str | Path) -> tuple[np.ndarray, np.ndarray]:
     if not path.is_file():
         raise UserError(f"{path} is missing; run `python cli.py prepare --out {data_dir} --force` "
                         "to rebuild the data")
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            return z["images"], z["labels"]
-    except (ValueError, KeyError, OSError):
-        raise UserError(f"{path} is damaged; run `python cli.py prepare --out {data_dir} --force`") from None
+    return _load_npz(path, f"rebuild it with `python cli.py prepare --out {data_dir} --force`")

@@ -15,6 +15,7 @@ from __future__ import annotations
 import functools
 import json
 import os
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -97,11 +98,21 @@ def write_beton(path: Path, split: Split, desc: str, workers: int = -1) -> None:
     from ffcv.writer import DatasetWriter
     from tqdm import tqdm
 
-    # FFCV's writer shows a bare tqdm bar; give it a name and an images/s unit.
-    ffcv_writer.tqdm = functools.partial(tqdm, desc=desc, unit="img", unit_scale=True, leave=False)
+    # FFCV's writer shows a bare tqdm bar; give it a name and an images/s unit. Only on a terminal:
+    # elsewhere (a log file, CI) its carriage-return redraws would all land in the file, as
+    # training/progress.py explains; the closing "wrote …" line says what was done.
+    ffcv_writer.tqdm = functools.partial(tqdm, desc=desc, unit="img", unit_scale=True, leave=False,
+                                         disable=not _is_terminal(sys.stderr))
     writer = DatasetWriter(str(path), {"image": RGBImageField(write_mode="raw", max_resolution=32),
                                        "label": IntField()}, num_workers=workers)
     writer.from_indexed_dataset(_ArrayDataset(split), chunksize=1000)
+
+
+def _is_terminal(stream) -> bool:
+    try:
+        return bool(stream.isatty())
+    except (AttributeError, ValueError):  # a replaced or closed stream
+        return False
 
 
 def _existing_is_valid(out_dir: Path, request: dict[str, Any]) -> dict[str, Any] | None:
