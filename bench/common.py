@@ -50,7 +50,7 @@ def train_images(data_dir: Path) -> tuple[np.ndarray, np.ndarray]:
     import torch
 
     from common.config import AugmentConfig
-    from pipeline.loader import make_loader
+    from pipeline.ffcv_loader import make_loader
 
     loader = make_loader(data_dir, "train", 1000, aug=AugmentConfig.none(), shuffle=False, drop_last=False)
     mean = torch.tensor(loader.info.mean).view(1, 3, 1, 1)

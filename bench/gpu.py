@@ -94,10 +94,9 @@ def format_decision(rows: list[dict[str, Any]], device: torch.device) -> list[di
 def _loader_fed(setup: Any, data_dir: Path, kind: str, batch_size: int, steps: int, warmup: int,
                 log: Log) -> dict[str, Any]:
     from bench.train import _repeat, _steps_rate
-    from training.parts import make_split_loader
+    from pipeline.loaders import open_loader
 
-    loader = make_split_loader(kind, data_dir, "train", batch_size, AugmentConfig(), 0, setup.device, None, None,
-                               False)
+    loader = open_loader(kind, data_dir, "train", batch_size, AugmentConfig(), device=setup.device, copy=False)
     rate = _steps_rate(_repeat(loader), setup, warmup, steps, "layer")
     log(f"  fed by the {kind} loader (layer, channels-last, eager): {rate:,.0f} img/s")
     return {"loader": kind, "img_s": rate}
@@ -149,10 +148,9 @@ def bench_gpu(data_dir: str | Path = "data", steps: int | None = None, batch_siz
               test_subset: int | None = None, max_steps: int | None = None, device: str = "auto",
               log: Log = print) -> dict[str, Any]:
     from bench.common import data_or_synthetic
-    from pipeline.loader_choice import resolve_loader
+    from pipeline.loaders import open_loader, resolve_loader
     from pipeline.manifest import read_arrays, read_manifest
     from training.device import resolve_device
-    from training.parts import make_split_loader
 
     setup = resolve_device(device)
     on_cuda = setup.device.type == "cuda"
@@ -183,8 +181,7 @@ def bench_gpu(data_dir: str | Path = "data", steps: int | None = None, batch_siz
         log(f"  {d['norm']:<6} faster eager: {d['faster']} (channels-last / NCHW = {d['channels_last_over_nchw']:.2f}); "
             f"train's default here: {d['default']}" + ("" if d["default_holds"] else " (the measurement disagrees)"))
     log("3. pinned-buffer race probe:")
-    loader = make_split_loader(kind, data_dir, "train", batch_size, AugmentConfig(), 0, setup.device, None, None,
-                               False)
+    loader = open_loader(kind, data_dir, "train", batch_size, AugmentConfig(), device=setup.device, copy=False)
     _, labels = read_arrays(data_dir, "train", read_manifest(data_dir))
     probe = race_probe(loader, labels, batches=min(len(loader), 200 if on_cuda else 8))
     results["race_probe"] = probe

@@ -64,7 +64,7 @@ def _torchvision_rate(images: np.ndarray, labels: np.ndarray, mean: list[float],
 
 def _ffcv_rates(data_dir: Path, batch_size: int, epochs: int, rounds: int, workers: int) -> tuple[float, float, Any]:
     """Best-of-`rounds` img/s of (a) the fully augmented and (c) the bare pipeline, alternated."""
-    from pipeline.loader import make_loader
+    from pipeline.ffcv_loader import make_loader
 
     full = make_loader(data_dir, "train", batch_size, AugmentConfig(), seed=0, workers=workers, copy=False)
     bare = make_loader(data_dir, "train", batch_size, AugmentConfig.none(), seed=0, workers=workers, copy=False)
@@ -137,7 +137,7 @@ def _op_rates(images: np.ndarray, mean: np.ndarray, std: np.ndarray, batch_size:
     """Best-of-`rounds` img/s of `kernels.augment_batch` alone (every augmentation, normalised
     float32 output, as in (a)) over the train images in batches, at each thread count."""
     from pipeline import kernels
-    from pipeline.ops import kernel_params
+    from pipeline.augment_spec import kernel_params
 
     params = kernel_params(AugmentConfig(), normalize=True)
     mean, inv_std = mean.astype(np.float64), 1.0 / std.astype(np.float64)

@@ -26,7 +26,7 @@ import torch
 t1 = time.perf_counter()
 import ffcv
 t2 = time.perf_counter()
-from pipeline.loader import make_loader
+from pipeline.ffcv_loader import make_loader
 loader = make_loader({data!r}, "train", 512, seed=0, copy=False)
 t3 = time.perf_counter()
 next(iter(loader))

@@ -45,8 +45,8 @@ def _rate(loader: Any, epochs: int, device: torch.device) -> float:
 
 def _loader(source: str | Path | np.ndarray, aug: AugmentConfig, batch_size: int, device: torch.device,
             compiled: bool, backend: str) -> Any:
-    from pipeline.augment_torch import AugmentSpec
-    from pipeline.loader import LoaderInfo
+    from pipeline.augment_spec import AugmentSpec
+    from pipeline.loaders import LoaderInfo
     from pipeline.torch_loader import TorchCifarLoader, make_torch_loader
 
     if not isinstance(source, np.ndarray):

@@ -72,7 +72,7 @@ def bench_train(data_dir: str | Path = "data", batch_size: int = 128, steps: int
                 warmup: int = 2, device: str = "auto", norm: str = "layer", precisions: bool = True,
                 epoch_images: int = 50_000, log: Callable[[str], None] = print) -> dict[str, Any]:
     from bench.common import data_or_synthetic, machine, train_images
-    from pipeline.loader import make_loader
+    from pipeline.ffcv_loader import make_loader
 
     setup = resolve_device(device, norm=norm)  # the memory format `train` would use for this norm
     steps = steps or (50 if setup.device.type == "cuda" else 6)

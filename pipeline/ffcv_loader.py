@@ -1,4 +1,5 @@
-"""FFCV loaders for CIFAR-10 betons: train (augmented, shuffled) and test (normalised, in order).
+"""The FFCV data path (pipeline/loaders.py's `SplitLoader` over FFCV betons): train (augmented,
+shuffled) and test (normalised, in order). Imported only where FFCV is used.
 
 FFCV's "workers" are numba threads in this process. Two of its habits are handled here so callers
 need not know them: importing FFCV (and every epoch start) resets torch's thread count to the
@@ -9,9 +10,7 @@ batch at once and turns it off for images; labels are always copied).
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +19,7 @@ import torch
 
 from common.config import AugmentConfig
 from common.errors import UserError
+from pipeline.loaders import LoaderInfo, available_cpus, plan_split
 from pipeline.manifest import beton_path, read_manifest
 
 
@@ -30,17 +30,8 @@ def _import_ffcv():
     return ffcv
 
 
-@dataclass
-class LoaderInfo:
-    split: str
-    count: int  # images this loader draws from (after --subset)
-    mean: list[float]
-    std: list[float]
-    classes: list[str]
-
-
 class CifarLoader:
-    """Iterates (images, labels): float32 NCHW channels-last, normalised; int64 labels."""
+    """A `SplitLoader`: iterates (images, labels), float32 NCHW channels-last, normalised; int64 labels."""
 
     def __init__(self, loader: Any, op: Any, device: torch.device, info: LoaderInfo,
                  normalize_on_device: bool, copy: bool):
@@ -123,15 +114,6 @@ def _open_reader_checked(path: Path) -> None:
                         f"of {n} images); rebuild it with `python cli.py prepare --out {path.parent} --force`")
 
 
-def available_cpus() -> int:
-    """Cores this process may run on (affinity, cgroup cpusets and SLURM included); FFCV's own
-    default, multiprocessing.cpu_count(), counts every core of the machine."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except (AttributeError, OSError):
-        return os.cpu_count() or 1
-
-
 def device_stage(device: torch.device) -> list[Any]:
     """The host→GPU copy at the end of a pipeline (nothing on CPU).
 
@@ -148,42 +130,6 @@ def device_stage(device: torch.device) -> list[Any]:
     from ffcv.transforms import ToDevice
 
     return [ToDevice(device, non_blocking=False)]
-
-
-@dataclass
-class SplitPlan:
-    """What a loader over one split reads and how: the same rules for the FFCV and torch paths."""
-
-    aug: AugmentConfig
-    shuffle: bool
-    drop_last: bool
-    indices: np.ndarray | None  # dataset indices to draw from; None = the whole split
-    count: int  # images drawn from
-
-
-def plan_split(manifest: dict[str, Any], split: str, batch_size: int, aug: AugmentConfig | None,
-               shuffle: bool | None, drop_last: bool | None, subset: int | None,
-               indices: np.ndarray | None) -> SplitPlan:
-    """Defaults follow the split: train shuffles, augments and drops the last partial batch; test
-    keeps order, has no augmentation and keeps every image. `indices` (e.g. the training set less
-    the validation split) win over `subset` (the first N images)."""
-    is_train = split == "train"
-    aug = aug if aug is not None else (AugmentConfig() if is_train else AugmentConfig.none())
-    shuffle = is_train if shuffle is None else shuffle
-    drop_last = is_train if drop_last is None else drop_last
-    count = manifest["splits"][split]["count"]
-    if subset is not None:
-        if subset < 1:
-            raise UserError(f"--subset must be at least 1, got {subset}")
-        count = min(subset, count)
-        indices = np.arange(count) if indices is None else indices
-    if indices is not None:
-        indices = np.asarray(indices, dtype=np.int64)
-        count = len(indices)
-    if drop_last and count < batch_size:
-        raise UserError(f"the {split} set has {count} images, fewer than one batch of {batch_size}; "
-                        "lower --batch-size or raise --subset")
-    return SplitPlan(aug, shuffle, drop_last, indices, count)
 
 
 def make_loader(data_dir: str | Path, split: str, batch_size: int, aug: AugmentConfig | None = None,

@@ -23,6 +23,7 @@ from numba.extending import intrinsic
 
 from common.config import AugmentConfig
 from pipeline import kernels
+from pipeline.augment_spec import AugmentSpec
 
 
 @intrinsic
@@ -36,26 +37,6 @@ def _as_pointer(typingctx, address):
     return sig, codegen
 
 
-def kernel_params(aug: AugmentConfig, normalize: bool, border: str | None = None) -> np.ndarray:
-    """The kernel's float64 parameter vector (indices `kernels.P_*`).
-
-    `border` ("constant" or "reflect", see kernels' docstring) defaults to `aug.border`, read with
-    getattr so a config without that field means "constant".
-    """
-    border = border if border is not None else getattr(aug, "border", "constant")
-    if border not in kernels.BORDER_CODES:
-        raise ValueError(f"border must be one of {', '.join(kernels.BORDER_CODES)}, got {border!r}")
-    params = np.zeros(kernels.N_PARAMS, dtype=np.float64)
-    params[kernels.P_PAD] = aug.pad if aug.crop else 0
-    params[kernels.P_FLIP_P] = aug.flip_p if aug.flip else 0.0
-    params[kernels.P_MAX_ANGLE] = aug.max_angle if aug.rotate else 0.0
-    params[kernels.P_CUTOUT_P] = aug.cutout_p if aug.cutout else 0.0
-    params[kernels.P_CUTOUT_SIZE] = aug.cutout_size
-    params[kernels.P_NORMALIZE] = 1.0 if normalize else 0.0
-    params[kernels.P_BORDER] = kernels.BORDER_CODES[border]
-    return params
-
-
 class AugmentNormalize(Operation):
     """Pad+crop, flip, rotate, cutout and normalise in one pass over each image.
 
@@ -67,11 +48,8 @@ class AugmentNormalize(Operation):
     def __init__(self, aug: AugmentConfig, mean: Sequence[float], std: Sequence[float],
                  seed: int = 0, normalize: bool = True, border: str | None = None):
         super().__init__()
-        self.params = kernel_params(aug, normalize, border)
-        fill = aug.fill if aug.fill is not None else tuple(mean)
-        self.fill = np.asarray(fill, dtype=np.float64)
-        self.mean = np.asarray(mean, dtype=np.float64)
-        self.inv_std = 1.0 / np.asarray(std, dtype=np.float64)
+        spec = AugmentSpec.from_config(aug, mean, std, normalize, border)
+        self.params, self.fill, self.mean, self.inv_std = spec.kernel_args()
         self.out_dtype = np.dtype(np.float32 if normalize else np.uint8)
         self.seed_epoch = np.array([seed, 0], dtype=np.int64)
 

@@ -2,9 +2,8 @@
 device, batches gathered and augmented there by pipeline/augment_torch.py. Needs only torch and
 numpy: no FFCV, no numba.
 
-Same interface as pipeline.loader.CifarLoader, so training, evaluation and the benchmarks take
-either: iterate → (images float32 NCHW channels-last normalised, labels int64), len(), batch_size,
-epoch, order(), set_epoch(), info. Augmentation is image for image the FFCV path's (same
+A `SplitLoader` (pipeline/loaders.py), like the FFCV path's, so training, evaluation and the
+benchmarks take either. Augmentation is image for image the FFCV path's (same
 (seed, epoch, index) hash); the shuffle order is this module's own pure function of (seed, epoch)
 (an argsort of splitmix64 hashes: the same on every device and torch version), not FFCV's.
 
@@ -30,8 +29,9 @@ import torch
 
 from common.config import AugmentConfig
 from common.errors import UserError
-from pipeline.augment_torch import AugmentSpec, augment_keyed, compiled_keyed, epoch_key, splitmix64
-from pipeline.loader import LoaderInfo, plan_split
+from pipeline.augment_spec import AugmentSpec
+from pipeline.augment_torch import TorchAugment, draw_table, epoch_key, image_key, splitmix64
+from pipeline.loaders import LoaderInfo, plan_split
 from pipeline.manifest import read_arrays, read_manifest
 
 # Salt that separates the shuffle's hash stream from the augmentation's (same seed and epoch).
@@ -46,8 +46,8 @@ def shuffle_order(count: int, seed: int, epoch: int) -> torch.Tensor:
 
 
 class TorchCifarLoader:
-    """Iterates (images, labels): float32 NCHW channels-last, normalised; int64 labels; both on
-    the loader's device. Every batch is a new tensor, so kept batches never change (`copy` is moot).
+    """A `SplitLoader`: iterates (images, labels), float32 NCHW channels-last, normalised; int64
+    labels; both on the loader's device. Every batch is a new tensor, so kept batches never change.
     """
 
     def __init__(self, images: torch.Tensor, labels: torch.Tensor, batch_size: int, spec: AugmentSpec,
@@ -69,7 +69,10 @@ class TorchCifarLoader:
         self.rank, self.world = rank, world
         self._epoch = 0
         self.backend = backend  # "torch" (augment_torch) or "numba" (kernels.augment_batch, CPU only)
-        self._augment: Callable[..., torch.Tensor] = compiled_keyed() if compile_augment else augment_keyed
+        # The torch backend's constants live on the device from here on (no per-batch copies).
+        augmenter = TorchAugment(spec, device, batch_size)
+        self._augment: Callable[[torch.Tensor, torch.Tensor | None], torch.Tensor] = (
+            augmenter.compiled() if compile_augment else augmenter)
         # DistributedSampler's split: every rank reads ceil(count / world) indices, the shuffled
         # order padded with its own start when the count does not divide.
         self.per_rank = math.ceil(len(labels) / world)
@@ -114,23 +117,18 @@ class TorchCifarLoader:
         if self.backend == "numba":
             yield from self._iter_numba(order, epoch)
             return
-        key = torch.tensor(epoch_key(self.seed, epoch), dtype=torch.int64, device=self.device)
+        # The epoch's augmentation parameters for every held image, in one call; a batch gathers its rows.
+        rows = None if self.spec.identity else draw_table(image_key(self.seed, epoch, self.index), self.spec)
         for b in range(len(self)):
             sel = order[b * bs:(b + 1) * bs]
             images = self.images.index_select(0, sel)
-            yield self._augment(images, self.index[sel], key, self.spec), self.labels.index_select(0, sel)
+            batch_rows = None if rows is None else rows.index_select(0, sel)
+            yield self._augment(images, batch_rows), self.labels.index_select(0, sel)
 
     def _iter_numba(self, order: torch.Tensor, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         from pipeline import kernels
 
-        spec = self.spec
-        params = np.zeros(kernels.N_PARAMS, dtype=np.float64)
-        params[kernels.P_PAD], params[kernels.P_FLIP_P] = spec.pad, spec.flip_p
-        params[kernels.P_MAX_ANGLE], params[kernels.P_CUTOUT_P] = spec.max_angle, spec.cutout_p
-        params[kernels.P_CUTOUT_SIZE], params[kernels.P_NORMALIZE] = spec.cutout_size, 1.0
-        params[kernels.P_BORDER] = kernels.BORDER_CODES[spec.border]
-        fill, mean = np.asarray(spec.fill, np.float64), np.asarray(spec.mean, np.float64)
-        inv_std = 1.0 / np.asarray(spec.std, np.float64)
+        params, fill, mean, inv_std = self.spec.kernel_args()
         images = self.images.numpy()
         index = self.index.numpy()
         order_np = order.numpy()
@@ -168,23 +166,21 @@ def _dist_rank_world() -> tuple[int, int]:
     return dist.get_rank(), dist.get_world_size()
 
 
-def make_torch_loader(data_dir: str | Path, split: str, batch_size: int, aug: AugmentConfig | None = None,
-                      seed: int = 0, device: str | torch.device = "cpu", workers: int | None = None,
-                      subset: int | None = None, shuffle: bool | None = None, drop_last: bool | None = None,
-                      copy: bool = True, distributed: bool = False, indices: np.ndarray | None = None, *,
-                      compile_augment: bool = False, augment_backend: str = "auto") -> TorchCifarLoader:
-    """pipeline.loader.make_loader's twin over the prepared .npz arrays.
+def make_torch_loader(data_dir: str | Path, split: str, batch_size: int, aug: AugmentConfig | None = None, *,
+                      seed: int = 0, device: str | torch.device = "cpu", subset: int | None = None,
+                      shuffle: bool | None = None, drop_last: bool | None = None, distributed: bool = False,
+                      indices: np.ndarray | None = None, compile_augment: bool = False,
+                      augment_backend: str = "auto") -> TorchCifarLoader:
+    """pipeline.ffcv_loader.make_loader's twin over the prepared .npz arrays.
 
-    Defaults follow the split: train shuffles, augments and drops the last partial batch; test
-    keeps order, has no augmentation and keeps every image. `workers` is accepted for the same
-    call shape and unused: the work runs in torch's own intra-op threads (torch.set_num_threads).
-    `copy` is unused too (every batch is a new tensor). `compile_augment` runs the augmentation
+    Defaults follow the split (pipeline.loaders.plan_split): train shuffles, augments and drops the
+    last partial batch; test keeps order, has no augmentation and keeps every image. The work runs
+    in torch's own intra-op threads (torch.set_num_threads). `compile_augment` runs the augmentation
     through torch.compile (one fused kernel per batch shape on CUDA; seconds to compile; on a CPU
     no faster than eager with every augmentation: docs/BENCHMARKS.md, 'torch data path').
     `augment_backend`: "torch" (augment_torch, any device), "numba" (the numba kernel, CPU only),
     "auto" (numba on the CPU where it imports, else torch).
     """
-    del workers, copy
     manifest = read_manifest(data_dir)
     device = torch.device(device)
     plan = plan_split(manifest, split, batch_size, aug, shuffle, drop_last, subset, indices)

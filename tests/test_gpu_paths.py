@@ -148,14 +148,14 @@ def test_sgd_is_fused_on_cuda_only_and_scale_lr_multiplies_by_the_processes():
 
 
 def test_loader_threads_follow_cpu_affinity_and_are_capped_on_cuda(monkeypatch):
-    import pipeline.loader
+    import pipeline.loaders
     from training.distributed import DistContext
     from training.parts import MAX_CUDA_WORKERS, loader_workers
 
-    monkeypatch.setattr(pipeline.loader.os, "sched_getaffinity", lambda pid: set(range(3)))
+    monkeypatch.setattr(pipeline.loaders.os, "sched_getaffinity", lambda pid: set(range(3)))
     monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
     assert loader_workers(None, torch.device("cpu"), DistContext()) == 3  # not os.cpu_count()
-    monkeypatch.setattr(pipeline.loader.os, "sched_getaffinity", lambda pid: set(range(64)))
+    monkeypatch.setattr(pipeline.loaders.os, "sched_getaffinity", lambda pid: set(range(64)))
     assert loader_workers(None, torch.device("cuda", 0), DistContext()) == MAX_CUDA_WORKERS
     assert loader_workers(None, torch.device("cpu"), DistContext(world=4)) == 16  # shared by 4 ranks
     assert loader_workers(5, torch.device("cpu"), DistContext()) == 5
@@ -163,7 +163,7 @@ def test_loader_threads_follow_cpu_affinity_and_are_capped_on_cuda(monkeypatch):
 
 def test_host_to_gpu_copy_is_blocking():
     """FFCV reuses pinned host buffers; a queued non-blocking copy could read the next batch."""
-    from pipeline.loader import device_stage
+    from pipeline.ffcv_loader import device_stage
 
     assert device_stage(torch.device("cpu")) == []
     (op,) = device_stage(torch.device("cuda", 0))
@@ -172,7 +172,7 @@ def test_host_to_gpu_copy_is_blocking():
 
 def test_a_batch_of_one_label_keeps_its_batch_dimension(prepared_dir):
     """A test share of 33k + 1 images: the last batch holds one image (and hung CUDA runs)."""
-    from pipeline.loader import make_loader
+    from pipeline.ffcv_loader import make_loader
     from training.device import resolve_device
     from training.epoch import evaluate_loader
 

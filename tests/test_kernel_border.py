@@ -18,9 +18,10 @@ import cv2
 import numpy as np
 import pytest
 
-from common.config import AugmentConfig
+from common.config import AugmentConfig, TrainConfig
 from pipeline import kernels
-from pipeline.ops import AugmentNormalize, kernel_params
+from pipeline.augment_spec import kernel_params
+from pipeline.ops import AugmentNormalize
 from tests.test_kernels import (
     FILL,
     MEAN,
@@ -108,11 +109,9 @@ def test_border_parameter():
     assert kernel_params(AugmentConfig(), False)[kernels.P_BORDER] == kernels.BORDER_CONSTANT
     assert kernel_params(AugmentConfig(), False, border="reflect")[kernels.P_BORDER] == kernels.BORDER_REFLECT
 
-    class Bare:  # a config from before the `border` field: constant
-        crop, pad, flip, flip_p, rotate, max_angle = True, 4, True, 0.5, True, 5.0
-        cutout, cutout_size, cutout_p, fill = True, 16, 0.5, None
-
-    assert kernel_params(Bare(), False)[kernels.P_BORDER] == kernels.BORDER_CONSTANT  # type: ignore[arg-type]
+    # a config recorded before the `border` field existed: read back with the field's default, constant
+    old = TrainConfig.from_dict({"augment": {"crop": True, "pad": 4, "flip": True, "rotate": True}}).augment
+    assert kernel_params(old, False)[kernels.P_BORDER] == kernels.BORDER_CONSTANT
     with pytest.raises(ValueError, match="border"):
         kernel_params(AugmentConfig(), False, border="wrap")
     op = AugmentNormalize(AugmentConfig(), MEAN.tolist(), STD.tolist(), border="reflect")

@@ -16,7 +16,7 @@ import pytest
 
 from common.config import AugmentConfig
 from pipeline import kernels
-from pipeline.ops import kernel_params
+from pipeline.augment_spec import kernel_params
 
 H = W = 32
 FILL = np.array([7.0, 130.0, 251.0])

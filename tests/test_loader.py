@@ -19,8 +19,8 @@ import torch
 from common.config import AugmentConfig
 from common.errors import UserError
 from pipeline import kernels
-from pipeline.loader import make_loader
-from pipeline.ops import kernel_params
+from pipeline.augment_spec import kernel_params
+from pipeline.ffcv_loader import make_loader
 
 BS = 50  # 500 train images → 10 full batches
 N_TRAIN, N_TEST = 500, 100

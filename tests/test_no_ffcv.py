@@ -62,7 +62,7 @@ def test_torch_loader_without_ffcv_or_numba(bare_data):
 sys.path.insert(0, {str(ROOT)!r})
 import torch
 from common.errors import UserError
-from pipeline.loader_choice import resolve_loader
+from pipeline.loaders import resolve_loader
 from pipeline.torch_loader import make_torch_loader
 from pipeline.manifest import read_manifest, split_digests, verify_betons
 kind, why = resolve_loader('auto', torch.device('cpu'), {str(out)!r})

@@ -19,7 +19,7 @@ from common.config import AugmentConfig
 from common.errors import UserError
 from pipeline import augment_torch as at
 from pipeline import kernels
-from pipeline.ops import kernel_params
+from pipeline.augment_spec import kernel_params
 from pipeline.torch_loader import TorchCifarLoader, make_torch_loader, shuffle_order
 
 MEAN = (125.3, 122.9, 113.8)
@@ -261,7 +261,7 @@ def test_distributed_shards_cover_and_pad(count, world, drop_last):
 def test_loader_matches_ffcv_loader_per_index(prepared_dir, backend):
     """Unshuffled, both paths read indices 0..N-1 in order: batches agree within float tolerance
     (exactly, with the numba backend: the same kernel)."""
-    from pipeline.loader import make_loader
+    from pipeline.ffcv_loader import make_loader
 
     aug = AugmentConfig()
     ffcv = make_loader(prepared_dir, "train", 100, aug, seed=2, shuffle=False)
@@ -301,7 +301,7 @@ def _no_betons(tmp_path, prepared_dir):
 
 
 def test_resolve_loader(tmp_path, prepared_dir, monkeypatch):
-    from pipeline import loader_choice
+    from pipeline import loaders as loader_choice
 
     cpu = torch.device("cpu")
     assert loader_choice.resolve_loader("torch", cpu)[0] == "torch"

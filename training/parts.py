@@ -9,10 +9,10 @@ expect a matching backward) and `step` otherwise.
 
 from __future__ import annotations
 
+import functools
 import os
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -24,6 +24,9 @@ from models import build_model
 from training.device import DeviceSetup
 from training.distributed import DistContext
 from training.schedule import Scheduler, build_scheduler, per_step
+
+if TYPE_CHECKING:
+    from pipeline.loaders import SplitLoader
 
 EVAL_BATCH = 500
 DEFAULT_VAL = 5000  # --val when not given (a tenth of the images when --subset leaves fewer)
@@ -130,29 +133,12 @@ def build_ema(model: nn.Module, decay: float) -> AveragedModel | None:
 def loader_workers(requested: int | None, device: torch.device, ctx: DistContext) -> int:
     if requested is not None:
         return requested
-    from pipeline.loader import available_cpus
+    from pipeline.loaders import available_cpus
 
     share = available_cpus() // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", ctx.world)))
     if device.type == "cuda":
         share = min(share, MAX_CUDA_WORKERS)
     return max(1, share)
-
-
-def make_split_loader(kind: str, data_dir: str | Path, split: str, batch_size: int, aug: Any, seed: int,
-                      device: torch.device, workers: int | None, subset: int | None, distributed: bool,
-                      **options: Any) -> Any:
-    """One split's loader on the chosen path: "ffcv" (pipeline/loader.py) or "torch"
-    (pipeline/torch_loader.py); both iterate (images, labels) the same way. `options`: indices,
-    shuffle, drop_last."""
-    if kind == "ffcv":
-        from pipeline.loader import make_loader
-
-        return make_loader(data_dir, split, batch_size, aug, seed=seed, device=device, workers=workers,
-                           subset=subset, copy=False, distributed=distributed, **options)
-    from pipeline.torch_loader import make_torch_loader
-
-    return make_torch_loader(data_dir, split, batch_size, aug, seed=seed, device=device, workers=workers,
-                             subset=subset, copy=False, distributed=distributed, **options)
 
 
 @dataclass
@@ -186,28 +172,27 @@ def holdout(cfg: TrainConfig, recorded: np.ndarray | None = None) -> Holdout:
 
 @dataclass
 class Loaders:
-    train: Any
-    test: Any
-    val: Any  # None without a validation split
+    train: SplitLoader
+    test: SplitLoader
+    val: SplitLoader | None  # None without a validation split
     kind: str  # "ffcv" or "torch"
     reason: str  # one clause: why this path (--loader, or what auto found)
 
 
 def build_loaders(cfg: TrainConfig, setup: DeviceSetup, ctx: DistContext, split: Holdout) -> Loaders:
     from common.config import AugmentConfig
-    from pipeline.loader_choice import resolve_loader
+    from pipeline.loaders import open_loader, resolve_loader
     from pipeline.numba_threads import prefer_threading_layer
 
     prefer_threading_layer(torch_on_cpu=setup.device.type == "cpu")
     kind, reason = resolve_loader(cfg.data.loader, setup.device, cfg.data.data_dir)
     workers = loader_workers(cfg.data.workers, setup.device, ctx)
-    data, seed, device = cfg.data.data_dir, cfg.run.seed, setup.device
-    train = make_split_loader(kind, data, "train", cfg.optim.batch_size, cfg.augment, seed, device, workers,
-                              cfg.data.subset, ctx.enabled, indices=split.train)
-    test = make_split_loader(kind, data, "test", EVAL_BATCH, None, seed, device, workers, cfg.data.test_subset,
-                             ctx.enabled)
+    # copy=False: the trainer consumes each batch before the next (FFCV reuses its buffers).
+    open_split = functools.partial(open_loader, kind, cfg.data.data_dir, seed=cfg.run.seed, device=setup.device,
+                                   workers=workers, distributed=ctx.enabled, copy=False)
+    train = open_split("train", cfg.optim.batch_size, cfg.augment, subset=cfg.data.subset, indices=split.train)
+    test = open_split("test", EVAL_BATCH, None, subset=cfg.data.test_subset)
     val = None
     if split.val is not None:  # scored like the test set: in order, unaugmented, every image
-        val = make_split_loader(kind, data, "train", EVAL_BATCH, AugmentConfig.none(), seed, device, workers, None,
-                                ctx.enabled, indices=split.val, shuffle=False, drop_last=False)
+        val = open_split("train", EVAL_BATCH, AugmentConfig.none(), indices=split.val, shuffle=False, drop_last=False)
     return Loaders(train, test, val, kind, reason)
