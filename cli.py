@@ -9,6 +9,7 @@ never read betons never import FFCV.
 from __future__ import annotations
 
 import functools
+import shlex
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -158,6 +159,9 @@ def train(
     epochs = f"{result.epochs_done} epoch{'' if result.epochs_done == 1 else 's'}"
     typer.echo(f"done: {chosen}; final test accuracy {100 * result.final_test_acc:.2f}%; {epochs} "
                f"in {duration(result.seconds, compact=True)}; run in {result.run.path}")
+    run_arg = shlex.quote(str(result.run.path))
+    typer.echo(f"next: python cli.py evaluate {run_arg}  ·  python cli.py explain {run_arg} --layer 3 --layer 4  ·  "
+               f"python cli.py report {run_arg}")
 
 
 @app.command()

@@ -1,7 +1,8 @@
 """`manifest.json`: what `prepare` wrote, and the facts the loaders and runs depend on.
 
-The loaders normalise with the train mean/std recorded here, and every run copies the data files'
-sha256 (`split_digests`) into its config, so a run can tell when the data under it has changed.
+The loaders normalise with the train mean/std recorded here, and every run copies the data's
+sha256 (`split_digests`: the arrays') into its config, so a run can tell when the data under it has
+changed, and can move to another prepare of the same source.
 
 Two copies of each split may exist: FFCV betons (`train.beton`, `test.beton`; written only where
 FFCV imports, listed under "betons") and plain numpy arrays (`train.npz`, `test.npz`; always
@@ -49,12 +50,25 @@ def has_betons(manifest: dict[str, Any]) -> bool:
 
 
 def split_digests(manifest: dict[str, Any]) -> dict[str, str]:
-    """The sha256 a run records per split: the beton's where betons were written (as runs have
-    always recorded), else the arrays'. Data prepared once with and once without FFCV from one
-    source therefore gets different digests: a run resumed across that change is refused."""
-    if has_betons(manifest):
-        return {s: manifest["splits"][s]["sha256"] for s in SPLITS}
-    return {s: manifest["splits"][s]["arrays"]["sha256"] for s in SPLITS}
+    """The sha256 a run records per split: what identifies the data, the arrays' (train.npz,
+    test.npz: byte-identical whenever the same source is prepared again, with or without FFCV),
+    not the betons' (FFCV's writer lays pages out in whatever order its workers finish, so two
+    prepares of one archive differ in bytes). Manifests from before train.npz existed: the betons'."""
+    if all("arrays" in manifest["splits"][s] for s in SPLITS):
+        return {s: manifest["splits"][s]["arrays"]["sha256"] for s in SPLITS}
+    return beton_digests(manifest)
+
+
+def beton_digests(manifest: dict[str, Any]) -> dict[str, str]:
+    return {s: manifest["splits"][s]["sha256"] for s in SPLITS}
+
+
+def same_data(recorded: dict[str, str] | None, manifest: dict[str, Any]) -> bool:
+    """A run's recorded digests name this folder's data: its arrays', or (runs recorded before
+    the arrays identified the data) its betons'."""
+    if recorded == split_digests(manifest):
+        return True
+    return has_betons(manifest) and recorded == beton_digests(manifest)
 
 
 @functools.lru_cache(maxsize=1)

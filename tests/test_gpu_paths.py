@@ -154,11 +154,12 @@ def test_loader_threads_follow_cpu_affinity_and_are_capped_on_cuda(monkeypatch):
 
     monkeypatch.setattr(pipeline.loaders.os, "sched_getaffinity", lambda pid: set(range(3)))
     monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
-    assert loader_workers(None, torch.device("cpu"), DistContext()) == 3  # not os.cpu_count()
+    assert loader_workers(None, torch.device("cpu"), DistContext()) == (3, "")  # not os.cpu_count()
+    assert loader_workers(8, torch.device("cpu"), DistContext()) == (3, "--workers 8 clamped to the 3 usable cores")
     monkeypatch.setattr(pipeline.loaders.os, "sched_getaffinity", lambda pid: set(range(64)))
-    assert loader_workers(None, torch.device("cuda", 0), DistContext()) == MAX_CUDA_WORKERS
-    assert loader_workers(None, torch.device("cpu"), DistContext(world=4)) == 16  # shared by 4 ranks
-    assert loader_workers(5, torch.device("cpu"), DistContext()) == 5
+    assert loader_workers(None, torch.device("cuda", 0), DistContext()) == (MAX_CUDA_WORKERS, "")
+    assert loader_workers(None, torch.device("cpu"), DistContext(world=4)) == (16, "")  # shared by 4 ranks
+    assert loader_workers(5, torch.device("cpu"), DistContext()) == (5, "")
 
 
 def test_host_to_gpu_copy_is_blocking():

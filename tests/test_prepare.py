@@ -247,7 +247,7 @@ def test_manifest_contents(prepared_dir, synth_splits, synth_archive):
     assert m["source_kind"] == "cifar10-python"
     assert m["betons"] == ["train", "test"]
     assert m["test_arrays"]["sha256"] == m["splits"]["test"]["arrays"]["sha256"]
-    assert manifest_mod.split_digests(m) == {s: m["splits"][s]["sha256"] for s in ("train", "test")}
+    assert manifest_mod.split_digests(m) == {s: m["splits"][s]["arrays"]["sha256"] for s in ("train", "test")}
     pixels = synth_splits["train"][0].reshape(-1, 3).astype(np.float64)
     np.testing.assert_allclose(m["train_mean"], pixels.mean(axis=0), rtol=0, atol=1e-6)
     np.testing.assert_allclose(m["train_std"], pixels.std(axis=0), rtol=0, atol=1e-6)

@@ -75,6 +75,9 @@ def reference(tmp_path_factory, prepared_dir) -> Path:
     proc = subprocess.run(train_argv(prepared_dir, run), capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr
     assert epochs_done(run) == 2
+    # the last line names the next commands with this run's path (not "the newest run under runs/")
+    assert proc.stdout.strip().splitlines()[-1] == (f"next: python cli.py evaluate {run}  ·  python cli.py explain {run} "
+                                                    f"--layer 3 --layer 4  ·  python cli.py report {run}")
     return run
 
 

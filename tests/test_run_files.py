@@ -172,3 +172,26 @@ def test_an_old_config_is_read_in_the_current_format_in_one_place(tmp_path):
     assert run.read_config()["loader"] == "ffcv"
     on_gpu = dict(old, device="CUDA (NVIDIA H100)")
     assert upgrade_config(on_gpu)["train"]["run"]["amp"] is None  # the CUDA default, as it trained
+
+
+def test_a_run_moves_to_a_fresh_prepare_of_the_same_source(prepared_dir, synth_archive, tmp_path):
+    """Betons of two prepares of one archive may differ in bytes; the arrays do not, and they are
+    what a run records, so the resume is accepted. A record of the betons' digests (runs written
+    before) still matches its own folder; other data is still refused."""
+    import json
+
+    from pipeline.manifest import beton_digests, read_manifest, same_data, split_digests
+    from pipeline.prepare import prepare
+
+    again = tmp_path / "again"
+    prepare(str(synth_archive), again, check_counts=False, log=lambda m: None)
+    first, second = read_manifest(prepared_dir), read_manifest(again)
+    assert split_digests(first) == split_digests(second)
+    run = tmp_path / "run"
+    run_train(tiny_config(prepared_dir, run, epochs=1))
+    assert json.loads((run / "config.json").read_text())["data"]["sha256"] == split_digests(first)
+    resumed = run_train(tiny_config(again, run, epochs=2), resume=run, extra_epochs_to=2,
+                        overrides={("data", "data_dir"): str(again)})
+    assert resumed.epochs_done == 2
+    assert same_data(beton_digests(first), first)
+    assert not same_data({"train": "0" * 64, "test": "0" * 64}, first)

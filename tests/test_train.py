@@ -62,7 +62,7 @@ def test_run_directory_contents(full_run, prepared_dir):
     assert (cfg.optim.lr, cfg.optim.momentum, cfg.optim.weight_decay) == (0.03, 0.9, 5e-4)
     assert cfg.model.norm == "layer" and cfg.augment.rotate and cfg.augment.cutout
     manifest = json.loads((prepared_dir / "manifest.json").read_text())
-    assert config["data"]["sha256"]["train"] == manifest["splits"]["train"]["sha256"]
+    assert config["data"]["sha256"]["train"] == manifest["splits"]["train"]["arrays"]["sha256"]
     assert {"torch", "ffcv", "numba", "numpy"} <= set(config["versions"])
 
     with open(run.metrics_path) as fh:

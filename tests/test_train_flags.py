@@ -155,10 +155,10 @@ def test_progress_is_a_line_every_n_seconds_off_a_terminal():
     lines: list[str] = []
     progress = Progress(10, 0, "epoch 1/3", True, lines.append, stream=io.StringIO(), every=0.0)
     for _ in range(3):
-        progress.set(loss="2.000")
+        progress.set({"loss": "2.000", "img/s": "33"})
         progress.update()
     progress.close()
-    assert lines == [f"epoch 1/3: step {i}/10  loss 2.000" for i in (1, 2, 3)]
+    assert lines == [f"epoch 1/3: step {i}/10  loss 2.000  img/s 33" for i in (1, 2, 3)]
     quiet: list[str] = []
     Progress(10, 0, "x", False, quiet.append, stream=io.StringIO(), every=0.0).update()
     assert quiet == []

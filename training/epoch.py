@@ -217,8 +217,8 @@ def train_epoch(session: Session, epoch: int, loader: SplitLoader, progress: Pro
                     raise Diverged(blown, epoch, step, window=guard.window, limit=guard.limit)
                 if stop_flags > 0:
                     raise StopRequested(stopper.requested or "SIGTERM", totals.partial(epoch, step + 1, ctx.world))
-                progress.set(loss=f"{totals.loss:.3f}", acc=f"{100 * totals.acc:.1f}%",
-                             img_s=f"{totals.seen / max(totals.seconds, 1e-9):,.0f}")
+                progress.set({"loss": f"{totals.loss:.3f}", "acc": f"{100 * totals.acc:.1f}%",
+                              "img/s": f"{totals.seen / max(totals.seconds, 1e-9):,.0f}"})
             progress.update(1)
     progress.close()
     totals.seconds = prior + time.perf_counter() - t0

@@ -130,15 +130,21 @@ def build_ema(model: nn.Module, decay: float) -> AveragedModel | None:
     return AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
 
 
-def loader_workers(requested: int | None, device: torch.device, ctx: DistContext) -> int:
-    if requested is not None:
-        return requested
+def loader_workers(requested: int | None, device: torch.device, ctx: DistContext) -> tuple[int, str]:
+    """Loader threads and a note for the run's header. More than the cores this process may use is
+    clamped (numba refuses to start more threads than it was sized for), also on a resume of a run
+    recorded on a bigger machine."""
     from pipeline.loaders import available_cpus
 
+    if requested is not None:
+        usable = available_cpus()
+        if requested > usable:
+            return usable, f"--workers {requested} clamped to the {usable} usable cores"
+        return requested, ""
     share = available_cpus() // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", ctx.world)))
     if device.type == "cuda":
         share = min(share, MAX_CUDA_WORKERS)
-    return max(1, share)
+    return max(1, share), ""
 
 
 @dataclass
@@ -186,7 +192,9 @@ def build_loaders(cfg: TrainConfig, setup: DeviceSetup, ctx: DistContext, split:
 
     prefer_threading_layer(torch_on_cpu=setup.device.type == "cpu")
     kind, reason = resolve_loader(cfg.data.loader, setup.device, cfg.data.data_dir)
-    workers = loader_workers(cfg.data.workers, setup.device, ctx)
+    workers, clamped = loader_workers(cfg.data.workers, setup.device, ctx)
+    if clamped:
+        reason = f"{reason}; {clamped}"
     # copy=False: the trainer consumes each batch before the next (FFCV reuses its buffers).
     open_split = functools.partial(open_loader, kind, cfg.data.data_dir, seed=cfg.run.seed, device=setup.device,
                                    workers=workers, distributed=ctx.enabled, copy=False)

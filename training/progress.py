@@ -35,10 +35,11 @@ class Progress:
         else:
             self.lines = True
 
-    def set(self, **fields: str) -> None:
+    def set(self, fields: dict[str, str]) -> None:
+        """The figures shown beside the count, by label (labels may hold any character: "img/s")."""
         self.fields = fields
         if self.bar is not None:
-            self.bar.set_postfix(**fields)
+            self.bar.set_postfix(fields)
 
     def update(self, n: int = 1) -> None:
         self.done += n

@@ -23,7 +23,7 @@ from common.errors import UserError
 from common.lock import FolderLock
 from common.records import DataRecord
 from common.rundir import RunDir
-from pipeline.manifest import read_manifest, split_digests, verify_betons
+from pipeline.manifest import read_manifest, same_data, split_digests, verify_betons
 from training.device import DeviceSetup
 from training.distributed import DistContext
 
@@ -112,7 +112,7 @@ def check_data(cfg: TrainConfig, run: RunDir, saved: dict[str, Any] | None) -> D
                         official=manifest["official"], train_mean=manifest["train_mean"],
                         train_std=manifest["train_std"], classes=manifest["classes"],
                         sha256=split_digests(manifest))
-    if saved is not None and saved.get("data", {}).get("sha256") != record.sha256:
+    if saved is not None and not same_data(saved.get("data", {}).get("sha256"), manifest):
         raise UserError(f"the data in {cfg.data.data_dir}/ differs from the data {run.path} was trained on "
                         "(sha256 mismatch); resume with the original data or start a new run")
     return record
