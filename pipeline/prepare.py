@@ -12,9 +12,12 @@ name.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
+import multiprocessing
 import os
+import shutil
 import sys
 import time
 from collections.abc import Callable
@@ -27,7 +30,7 @@ import numpy as np
 
 from common.atomic import atomic_group
 from common.errors import UserError
-from common.lock import FolderLock
+from common.lock import READERS_NAME, FolderLock, rewriting_data
 from pipeline import cifar_source, image_folder
 from pipeline.cifar_source import CifarData, Split
 from pipeline.manifest import (
@@ -105,7 +108,38 @@ def write_beton(path: Path, split: Split, desc: str, workers: int = -1) -> None:
                                          disable=not _is_terminal(sys.stderr))
     writer = DatasetWriter(str(path), {"image": RGBImageField(write_mode="raw", max_resolution=32),
                                        "label": IntField()}, num_workers=workers)
-    writer.from_indexed_dataset(_ArrayDataset(split), chunksize=1000)
+    # FFCV's writer waits for its worker processes' count of written images to reach the total,
+    # sleeping between looks, and never asks whether they are alive: a worker that dies (a full
+    # disk) left it waiting forever. Its sleep is where we ask.
+    ffcv_writer.sleep = _WorkersAlive()
+    try:
+        writer.from_indexed_dataset(_ArrayDataset(split), chunksize=1000)
+    except BaseException:
+        for child in multiprocessing.active_children():
+            child.kill()
+        shm = getattr(writer, "metadata_sm", None)
+        if shm is not None:
+            with contextlib.suppress(OSError):
+                shm.close()
+                shm.unlink()
+        raise
+
+
+class _WorkersAlive:
+    """A sleep that raises once no worker process has been alive for three looks in a row. FFCV's
+    loop reads its count, then sleeps: workers that finish during one sleep leave at most one more
+    read and one more sleep before the loop ends, so two idle looks can still be a success; a third
+    means the count will never be reached."""
+
+    def __init__(self) -> None:
+        self.idle = 0
+
+    def __call__(self, seconds: float) -> None:
+        time.sleep(seconds)
+        self.idle = 0 if multiprocessing.active_children() else self.idle + 1
+        if self.idle >= 3:
+            raise UserError("FFCV's beton writer lost its worker processes before writing every image (a full "
+                            "disk or a killed worker); nothing was replaced; free some space and prepare again")
 
 
 def _is_terminal(stream) -> bool:
@@ -134,6 +168,19 @@ def _existing_is_valid(out_dir: Path, request: dict[str, Any]) -> dict[str, Any]
         raise UserError(f"{out_dir}/ already holds data prepared with limit={manifest.get('limit')}; "
                         f"pass --force to replace it or --out to write elsewhere")
     return manifest
+
+
+def check_free_space(out_dir: Path, data: CifarData, betons: bool) -> None:
+    """Refuse before writing when the folder cannot hold the new files beside the current ones
+    (every file is written under a temp name and swapped in at the end): raw pixels once for the
+    arrays and once more for the betons, with a tenth of headroom for their indexes."""
+    raw = sum(s.images.nbytes + s.labels.nbytes for s in (data.train, data.test))
+    need = int(raw * (2 if betons else 1) * 1.1) + (1 << 20)
+    free = shutil.disk_usage(out_dir).free
+    if free < need:
+        raise UserError(f"{out_dir} has {free / 1e6:,.0f} MB free but prepare writes about {need / 1e6:,.0f} MB "
+                        "(betons and arrays beside the current files until they are swapped in); free some space "
+                        "or choose another --out")
 
 
 def _remove_stale_temps(out_dir: Path) -> None:
@@ -174,7 +221,7 @@ def prepare(source: str | None, out_dir: str | Path = "data", limit: int | None 
 
     _make_out_dir(out_dir)  # fail on an unusable --out before the slow read
     # One writer per data folder: two prepares racing on one --out would interleave their renames.
-    with FolderLock(out_dir, "prepare"):
+    with FolderLock(out_dir, "prepare"), rewriting_data(out_dir):
         manifest = _read_and_write(source, out_dir, limit, check_counts, log)
     return PrepareResult(out_dir, manifest, False, time.perf_counter() - start)
 
@@ -218,6 +265,7 @@ def write_prepared(data: CifarData, out_dir: Path, limit: int | None = None,
         betons = ffcv_missing() is None
     _make_out_dir(out_dir)
     _remove_stale_temps(out_dir)
+    check_free_space(out_dir, data, betons)
     mean, std = channel_stats(data.train.images)
     classes = list(data.classes)
     manifest: dict[str, Any] = {
@@ -259,6 +307,7 @@ def write_prepared(data: CifarData, out_dir: Path, limit: int | None = None,
             manifest["splits"][name] = info
         manifest["test_arrays"] = {"file": TEST_ARRAYS, "sha256": manifest["splits"]["test"]["arrays"]["sha256"]}
         temps[-1].write_text(json.dumps(manifest, indent=2) + "\n")
+    (out_dir / READERS_NAME).touch(exist_ok=True)  # what trainings lock while they read (common/lock.py)
     if not betons:
         # Betons of an earlier prepare: the new manifest lists none, so nothing reads them; they
         # go only after it is in place (a failed swap keeps the old set whole).

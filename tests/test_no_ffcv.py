@@ -49,7 +49,7 @@ def test_prepare_without_ffcv_writes_arrays_and_manifest(bare_data):
     assert proc.returncode == 0, proc.stderr
     notices = [line for line in (proc.stdout + proc.stderr).splitlines() if "FFCV" in line]
     assert len(notices) == 1 and "--loader torch" in notices[0], proc.stderr
-    assert sorted(p.name for p in out.iterdir()) == ["manifest.json", "test.npz", "train.npz"]
+    assert sorted(p.name for p in out.iterdir()) == [".readers.lock", "manifest.json", "test.npz", "train.npz"]
     m = json.loads((out / "manifest.json").read_text())
     assert m["betons"] == []
     assert m["splits"]["train"]["count"] == 200 and "sha256" not in m["splits"]["train"]
@@ -85,11 +85,11 @@ assert n == 200 and sum(len(y) for _, y in test) == 50
 assert sys.modules['ffcv'] is None
 # the torch path itself imports neither FFCV's glue nor numba (only prepare's stats use numba)
 assert not any(k == 'numba' or k.startswith('numba.') for k in sys.modules), 'numba imported'
-assert 'pipeline.ops' not in sys.modules and 'pipeline.kernels' not in sys.modules
+assert 'pipeline.ffcv_ops' not in sys.modules and 'pipeline.kernels' not in sys.modules
 # the default on the CPU augments with the numba kernel (numba needs no FFCV)
 fast = make_torch_loader({str(out)!r}, 'train', 50, seed=1)
 assert fast.backend == 'numba' and sum(len(y) for _, y in fast) == 200
-assert sys.modules['ffcv'] is None and 'pipeline.ops' not in sys.modules
+assert sys.modules['ffcv'] is None and 'pipeline.ffcv_ops' not in sys.modules
 print('ok')
 """
     proc = run_blocked(code)
@@ -167,7 +167,7 @@ def test_forced_prepare_without_ffcv_drops_old_betons(tmp_path, prepared_dir):
             f"prepare({source!r}, {str(out)!r}, force=True, check_counts=False)\n")
     proc = run_blocked(code)
     assert proc.returncode == 0, proc.stderr
-    assert sorted(p.name for p in out.iterdir()) == ["manifest.json", "test.npz", "train.npz"]
+    assert sorted(p.name for p in out.iterdir()) == [".readers.lock", "manifest.json", "test.npz", "train.npz"]
     assert json.loads((out / "manifest.json").read_text())["betons"] == []
 
 

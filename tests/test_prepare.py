@@ -33,7 +33,7 @@ from tests.conftest import N_TEST, N_TRAIN, SHARED_ARCHIVE, needs_shared
 ROOT = Path(__file__).resolve().parents[1]
 # prepare also writes plain-numpy copies of both splits (pipeline.manifest.ARRAYS).
 TEST_ARRAYS = manifest_mod.TEST_ARRAYS
-FINAL_NAMES = ("train.beton", "test.beton", "manifest.json", "train.npz", "test.npz")
+FINAL_NAMES = ("train.beton", "test.beton", "manifest.json", "train.npz", "test.npz", ".readers.lock")
 QUIET = {"log": lambda m: None}
 
 

@@ -195,3 +195,68 @@ def test_a_run_moves_to_a_fresh_prepare_of_the_same_source(prepared_dir, synth_a
     assert resumed.epochs_done == 2
     assert same_data(beton_digests(first), first)
     assert not same_data({"train": "0" * 64, "test": "0" * 64}, first)
+
+
+HOLD_READ_LOCK = """
+import sys, time
+sys.path.insert(0, {root!r})
+from common.lock import reading_data
+with reading_data({data!r}):
+    print("holding", flush=True)
+    time.sleep(120)
+"""
+
+
+def test_prepare_force_refuses_while_a_training_reads_the_folder(synth_archive, tmp_path):
+    """Two real processes: one holds the data folder's read lock as a training does; `prepare
+    --force` into that folder is refused in one line and leaves every file as it was."""
+    import hashlib
+
+    from pipeline.prepare import prepare
+
+    data = tmp_path / "data"
+    prepare(str(synth_archive), data, check_counts=False, log=lambda m: None)
+    before = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in data.iterdir()}
+    reader = subprocess.Popen([sys.executable, "-c", HOLD_READ_LOCK.format(root=str(ROOT), data=str(data))],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert reader.stdout is not None and reader.stdout.readline().strip() == "holding"
+        proc = subprocess.run([sys.executable, str(ROOT / "cli.py"), "prepare", "--source", str(synth_archive),
+                               "--out", str(data), "--force"], capture_output=True, text=True, timeout=300)
+    finally:
+        reader.kill()
+        reader.wait()
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr
+    errors = [ln for ln in proc.stderr.splitlines() if ln.startswith("error:")]
+    assert len(errors) == 1 and "the data of a training that is running now" in errors[0], proc.stderr
+    assert {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in data.iterdir()} == before
+    prepare(str(synth_archive), data, force=True, check_counts=False, log=lambda m: None)  # free again
+
+
+def test_prepare_refuses_a_folder_without_room_before_writing(synth_archive, tmp_path, monkeypatch):
+    import shutil as shutil_module
+
+    from pipeline import prepare as prepare_module
+
+    real = shutil_module.disk_usage
+    monkeypatch.setattr(prepare_module.shutil, "disk_usage",
+                        lambda path: real(path)._replace(free=1 << 20))  # 1 MB free
+    out = tmp_path / "data"
+    with pytest.raises(UserError, match=r"has 1 MB free but prepare writes about \d+ MB"):
+        prepare_module.prepare(str(synth_archive), out, check_counts=False, log=lambda m: None)
+    assert not [p for p in out.iterdir() if not p.name.startswith(".")] if out.exists() else True
+
+
+def test_a_beton_writer_whose_workers_died_ends_instead_of_waiting_forever(monkeypatch):
+    """FFCV's writer loop only sleeps while its count stays short; the sleep it is given raises
+    once no worker has been alive for three looks (two: the loop may still be reading its last count)."""
+    from pipeline import prepare as prepare_module
+
+    alive: list[list[object]] = [[object()], [], [], []]
+    monkeypatch.setattr(prepare_module.multiprocessing, "active_children", lambda: alive.pop(0))
+    sleep = prepare_module._WorkersAlive()
+    sleep(0)  # a worker is alive
+    sleep(0)  # none, once
+    sleep(0)  # twice: a writer that just finished may still be here
+    with pytest.raises(UserError, match="lost its worker processes before writing every image"):
+        sleep(0)

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from common.config import TrainConfig
-from common.lock import FolderLock
+from common.lock import FolderLock, reading_data
 from common.rundir import RunDir
 from training.device import resolve_device
 from training.distributed import context, device_for
@@ -68,6 +68,7 @@ def train(cfg: TrainConfig, resume: str | Path | None = None, extra_epochs_to: i
     data = check_data(cfg, run, saved)
     cfg.model.num_classes = len(data.classes)  # 10 for CIFAR-10; an image folder's own count
     with contextlib.ExitStack() as held:
+        held.enter_context(reading_data(cfg.data.data_dir))  # prepare --force waits for this run to end
         if lock and ctx.main:
             took = held.enter_context(FolderLock(run.path, "train")).took_over
             if took:
