@@ -62,7 +62,7 @@ class _OneLineUsageErrors(TyperGroup):
 
 app = typer.Typer(cls=_OneLineUsageErrors, add_completion=False, no_args_is_help=True,
                   pretty_exceptions_enable=False,
-                  help="Train and explain a ResNet-18 on CIFAR-10 with an FFCV loader.")
+                  help="Train and explain a ResNet-18 on CIFAR-10 (data through FFCV or a torch-only loader).")
 bench_app = typer.Typer(no_args_is_help=True, help="Benchmarks; each compares against a baseline in the same run.")
 app.add_typer(bench_app, name="bench")
 
@@ -135,7 +135,7 @@ def train(
     resume: Path | None = typer.Option(None, help="Continue the run in this directory from its last.pt (with --epochs: a larger budget; how it runs may change: --device, --amp, --compile, --channels-last, --workers, --loader, --data, --tensorboard; nothing else)."),
     **flags: Any,
 ) -> None:
-    """Train ResNet-18 (LayerNorm by default) and write a run directory."""
+    """Train ResNet-18 (by default LayerNorm in the blocks, BatchNorm in the projection shortcuts) and write a run directory."""
     from cli_flags import environment_flags, given_environment, given_recipe_flags, train_config
     from common.format import duration
     from training.fit import train as run_train
@@ -290,7 +290,7 @@ def predict(
     config.json. A file that cannot be read is named and skipped: exit status 1 if any was, 2 if
     none could be read.
     """
-    from cli_use import predict_command
+    from cli_model_use import predict_command
 
     predict_command(paths, run=run, top_k=top_k, cam=cam, layer=layer, out=out, json_path=json_path, which=which)
 
@@ -311,7 +311,7 @@ def export(
     The file is checked before it is kept: on up to 256 test images its logits must match PyTorch's
     within 1e-4 and give the same top-1 class for every image, or nothing is written.
     """
-    from cli_use import export_command
+    from cli_model_use import export_command
 
     export_command(run=_one_run(run, run_option), fmt=format, which=which, out=out, data=data, force=force)
 

@@ -8,25 +8,46 @@ Writes into <run>/analysis/ (names: analysis/outputs.py):
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from analysis.faithfulness import BETTER, METRIC_NAME, describe
 from analysis.gradcam import SLOW_METHODS, check_layers, check_method
-from analysis.loading import load_model, load_test_set, open_run, to_model_input
+from analysis.loading import RunInputs, load_model, load_test_set, open_run, to_model_input
 from analysis.outputs import AnalysisFiles
 from analysis.predictions import get_predictions
 from analysis.selection import confidence, select_misclassified
 from common.atomic import write_json
 from common.config import MAX_SEED
 from common.errors import UserError
+from common.timing import Timings
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from analysis.faithfulness import RoadScores
 
 TARGETS = ("predicted", "true")
 ROAD_PERCENTILE = 50  # remove half the pixels; see analysis/faithfulness.py for the cost
 
 Log = Callable[[str], None]
+
+
+@dataclass
+class Selection:
+    """The misclassified test images shown, in gallery order, with what is known about each."""
+
+    indices: np.ndarray  # test indices
+    images: np.ndarray  # (N, 32, 32, 3) uint8
+    labels: np.ndarray  # true classes
+    preds: np.ndarray  # predicted classes
+    confidences: np.ndarray  # probability of the predicted class
+    explained: np.ndarray  # the class each map explains: preds or labels, per --target
+
+    def __len__(self) -> int:
+        return len(self.indices)
 
 
 @dataclass
@@ -38,6 +59,8 @@ class LayerResult:
     scores: list[float]
     mean_score: float
     empty: list[bool]  # all-zero map: no positive evidence for the class at this layer
+    maps: np.ndarray | None = field(default=None, repr=False)  # (N, 32, 32) the CAMs drawn
+    seconds: float = 0.0  # drawing the figure and writing the scores
 
 
 @dataclass
@@ -62,13 +85,9 @@ class ExplainResult:
         return [self.gallery] + [p for r in self.layers for p in (r.figure, r.scores_json)]
 
 
-def explain(run_dir: str | Path | None = None, layers: Sequence[int] = (3,), count: int = 20,
-            pick: str = "confident", seed: int = 0, target: str = "predicted",
-            method: str = "gradcam", which: str = "best", data_dir: str | Path | None = None,
-            runs_root: str | Path = "runs", log: Log = lambda m: None) -> ExplainResult:
-    """Gallery of mistakes, a CAM figure and faithfulness scores per layer; see module docstring."""
-    # Validate every flag before any slow work, so a typo costs nothing.
-    layers = check_layers(layers)
+def _check_flags(layers: Sequence[int], count: int, seed: int, target: str, method: str) -> list[int]:
+    """Every flag, before any slow work, so a typo costs nothing; returns the checked layers."""
+    checked = check_layers(layers)
     check_method(method)
     if target not in TARGETS:
         raise UserError(f"unknown --target {target!r}; choose 'predicted' or 'true'")
@@ -76,100 +95,107 @@ def explain(run_dir: str | Path | None = None, layers: Sequence[int] = (3,), cou
         raise UserError(f"--count must be at least 1, got {count}")
     if not 0 <= seed <= MAX_SEED:
         raise UserError(f"--seed must be between 0 and {MAX_SEED:,}, got {seed:,}")
-    timings: dict[str, float] = {}
-    t0 = time.perf_counter()
+    return checked
 
-    inputs = open_run(run_dir, which, data_dir, runs_root)
-    model = load_model(inputs)
-    images, labels = load_test_set(inputs)
-    pred, source = get_predictions(inputs, model, images, labels, log=log)
-    indices = select_misclassified(pred, count, pick, seed)
-    conf_all = confidence(pred)
-    sel_labels, sel_preds = pred.labels[indices], pred.preds[indices]
-    sel_conf = conf_all[indices]
-    sel_images = images[indices]
-    explained = sel_preds if target == "predicted" else sel_labels
-    classes = inputs.classes
-    timings["load"] = time.perf_counter() - t0
 
-    from analysis.gallery import plot_cam_overlays, plot_misclassified
+def explain(run_dir: str | Path | None = None, layers: Sequence[int] = (3,), count: int = 20,
+            pick: str = "confident", seed: int = 0, target: str = "predicted",
+            method: str = "gradcam", which: str = "best", data_dir: str | Path | None = None,
+            runs_root: str | Path = "runs", log: Log = lambda m: None) -> ExplainResult:
+    """Gallery of mistakes, a CAM figure and faithfulness scores per layer; see module docstring."""
+    layers = _check_flags(layers, count, seed, target, method)
+    timings = Timings()
+    with timings.phase("load"):
+        inputs = open_run(run_dir, which, data_dir, runs_root)
+        model = load_model(inputs)
+        images, labels = load_test_set(inputs)
+        pred, source = get_predictions(inputs, model, images, labels, log=log)
+        indices = select_misclassified(pred, count, pick, seed)
+        sel_labels, sel_preds = pred.labels[indices], pred.preds[indices]
+        sel = Selection(indices, images[indices], sel_labels, sel_preds, confidence(pred)[indices],
+                        sel_preds if target == "predicted" else sel_labels)
+
+    from analysis.gallery import plot_misclassified
 
     files = AnalysisFiles.of(inputs.run)
-    t = time.perf_counter()
-    order = "most confident" if pick == "confident" else f"random, seed {seed}"
-    gallery = plot_misclassified(
-        sel_images, indices.tolist(), sel_labels.tolist(), sel_preds.tolist(), sel_conf.tolist(), classes,
-        files.gallery,
-        title=f"{len(indices)} of {len(pred.misclassified):,} misclassified test images ({order}) · "
-              f"run {inputs.name}, {inputs.which}.pt")
-    timings["gallery"] = time.perf_counter() - t
+    with timings.phase("gallery"):
+        order = "most confident" if pick == "confident" else f"random, seed {seed}"
+        gallery = plot_misclassified(
+            sel.images, sel.indices.tolist(), sel.labels.tolist(), sel.preds.tolist(), sel.confidences.tolist(),
+            inputs.classes, files.gallery,
+            title=f"{len(sel)} of {len(pred.misclassified):,} misclassified test images ({order}) · "
+                  f"run {inputs.name}, {inputs.which}.pt")
 
-    t = time.perf_counter()
-    import pytorch_grad_cam  # noqa: F401  (seconds cold: torchvision, cv2, scipy; timed apart)
+    with timings.phase("import_grad_cam"):
+        import pytorch_grad_cam  # noqa: F401  (seconds cold: torchvision, cv2, scipy; timed apart)
 
-    from analysis.faithfulness import road_scores
-    from analysis.gradcam import compute_cams, target_block
-    timings["import_grad_cam"] = time.perf_counter() - t
+        from analysis.faithfulness import road_scores
+        from analysis.gradcam import compute_cams, target_block
 
     if method in SLOW_METHODS:
         log(f"{method} runs one forward pass per channel and image: expect minutes on a CPU")
-    t = time.perf_counter()
-    x = to_model_input(sel_images, inputs.mean, inputs.std)
-    batch = compute_cams(model, [target_block(model, layer) for layer in layers], x, explained, method)
-    timings["cams"] = time.perf_counter() - t
+    with timings.phase("cams"):
+        x = to_model_input(sel.images, inputs.mean, inputs.std)
+        batch = compute_cams(model, [target_block(model, layer) for layer in layers], x, sel.explained.tolist(), method)
+    with timings.phase("faithfulness"):
+        road = road_scores(model, x, [batch.cams[:, i] for i in range(len(layers))], sel.explained.tolist(),
+                           percentile=ROAD_PERCENTILE, seed=seed, logits=batch.logits)
 
-    t = time.perf_counter()
-    road = road_scores(model, x, [batch.cams[:, i] for i in range(len(layers))], explained,
-                       percentile=ROAD_PERCENTILE, seed=seed, logits=batch.logits)
-    timings["faithfulness"] = time.perf_counter() - t
-
-    t = time.perf_counter()
-    meta = describe(ROAD_PERCENTILE)
     results = []
     for i, layer in enumerate(layers):
-        scores = road[i]
-        res = batch.resolutions[i]
-        fig_path = plot_cam_overlays(
-            sel_images, batch.cams[:, i], indices.tolist(), sel_labels.tolist(), sel_preds.tolist(),
-            sel_conf.tolist(), explained.tolist(), scores.score.tolist(), classes, files.cam_figure(method, layer),
-            score_name="ROAD",
-            title=f"{method} at layer{layer}[-1] ({res[0]}×{res[1]} map), for the {target} class · "
-                  f"mean ROAD {scores.mean:+.3f} ({BETTER} is better) · run {inputs.name}, {inputs.which}.pt")
-        empty = [not m.max() > 0 for m in batch.cams[:, i]]
-        json_path = files.cam_scores(method, layer)
-        write_json(json_path, {
-            "run": str(inputs.run.path), "checkpoint": f"{inputs.which}.pt", "method": method,
-            "target_layer": f"layer{layer}[-1]", "cam_resolution": list(res), "explained_class": target,
-            **meta, "road_percentile": ROAD_PERCENTILE, "mean": round(scores.mean, 6),
-            "empty_maps": int(sum(empty)),
-            "images": [{
-                "index": int(indices[k]), "true": classes[sel_labels[k]],
-                "predicted": classes[sel_preds[k]], "explained": classes[explained[k]],
-                "confidence": round(float(sel_conf[k]), 6),
-                "prob": round(float(scores.prob[k]), 6),
-                "prob_most_relevant_removed": round(float(scores.prob_morf[k]), 6),
-                "prob_least_relevant_removed": round(float(scores.prob_lerf[k]), 6),
-                "score": round(float(scores.score[k]), 6) + 0.0,  # + 0.0: no "-0.0" in the JSON
-                "empty_map": empty[k],
-            } for k in range(len(indices))],
-        })
-        results.append(LayerResult(layer, fig_path, json_path, res, [float(s) for s in scores.score],
-                                   scores.mean, empty))
-    timings["figures"] = time.perf_counter() - t
+        with timings.phase("figures") as lap:
+            result = explain_layer(sel, layer, batch.cams[:, i], batch.resolutions[i], road[i], inputs, files,
+                                   method, target)
+        result.seconds = lap.seconds
+        results.append(result)
     if (inputs.run.path / "tb").is_dir():  # the run logs to TensorBoard: show the figures there too
         from analysis.tensorboard_images import add_figures
 
         summary = inputs.run.read_summary()
         step = (summary.best_epoch if inputs.which == "best" else summary.epochs_done) or 0
         add_figures(inputs.run.path, [gallery, *(r.figure for r in results)], step=step)
-    timings["total"] = time.perf_counter() - t0
+    timings.stop()
 
     return ExplainResult(
         run=inputs.run.path, which=inputs.which, method=method, target=target,
-        indices=[int(i) for i in indices], labels=[int(v) for v in sel_labels],
-        preds=[int(v) for v in sel_preds], confidences=[float(c) for c in sel_conf],
-        classes=classes, gallery=gallery, layers=results, predictions_source=source,
+        indices=[int(i) for i in sel.indices], labels=[int(v) for v in sel.labels],
+        preds=[int(v) for v in sel.preds], confidences=[float(c) for c in sel.confidences],
+        classes=inputs.classes, gallery=gallery, layers=results, predictions_source=source,
         misclassified_total=int(len(pred.misclassified)), timings=timings)
+
+
+def explain_layer(sel: Selection, layer: int, maps: np.ndarray, resolution: tuple[int, int], scores: RoadScores,
+                  inputs: RunInputs, files: AnalysisFiles, method: str, target: str) -> LayerResult:
+    """One layer's CAM figure and its ROAD scores JSON, from the maps and scores already computed."""
+    from analysis.gallery import plot_cam_overlays
+
+    classes = inputs.classes
+    fig_path = plot_cam_overlays(
+        sel.images, maps, sel.indices.tolist(), sel.labels.tolist(), sel.preds.tolist(),
+        sel.confidences.tolist(), sel.explained.tolist(), scores.score.tolist(), classes,
+        files.cam_figure(method, layer), score_name="ROAD",
+        title=f"{method} at layer{layer}[-1] ({resolution[0]}×{resolution[1]} map), for the {target} class · "
+              f"mean ROAD {scores.mean:+.3f} ({BETTER} is better) · run {inputs.name}, {inputs.which}.pt")
+    empty = [not m.max() > 0 for m in maps]
+    json_path = files.cam_scores(method, layer)
+    write_json(json_path, {
+        "run": str(inputs.run.path), "checkpoint": f"{inputs.which}.pt", "method": method,
+        "target_layer": f"layer{layer}[-1]", "cam_resolution": list(resolution), "explained_class": target,
+        **describe(ROAD_PERCENTILE), "road_percentile": ROAD_PERCENTILE, "mean": round(scores.mean, 6),
+        "empty_maps": int(sum(empty)),
+        "images": [{
+            "index": int(sel.indices[k]), "true": classes[sel.labels[k]],
+            "predicted": classes[sel.preds[k]], "explained": classes[sel.explained[k]],
+            "confidence": round(float(sel.confidences[k]), 6),
+            "prob": round(float(scores.prob[k]), 6),
+            "prob_most_relevant_removed": round(float(scores.prob_morf[k]), 6),
+            "prob_least_relevant_removed": round(float(scores.prob_lerf[k]), 6),
+            "score": round(float(scores.score[k]), 6) + 0.0,  # + 0.0: no "-0.0" in the JSON
+            "empty_map": empty[k],
+        } for k in range(len(sel))],
+    })
+    return LayerResult(layer, fig_path, json_path, resolution, [float(s) for s in scores.score], scores.mean,
+                       empty, maps=maps)
 
 
 def format_scores(result: ExplainResult) -> str:

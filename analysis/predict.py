@@ -16,7 +16,6 @@ command then exits 1 (some failed) or 2 (none could be read), through `PartialFa
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +26,7 @@ from analysis.image_files import RULE, ImageInfo, collect_images, read_many
 from analysis.loading import RunInputs, open_run, resolve_run, to_model_input
 from common.atomic import write_json
 from common.errors import UserError
+from common.timing import Timings
 
 BATCH = 256
 PREDICTIONS_DIR = "predictions"  # default --out for CAM figures, inside the run directory
@@ -135,59 +135,54 @@ def predict(paths: Sequence[str | Path], run_dir: str | Path | None = None, whic
     if out is not None:
         _check_folder_target(Path(out))
 
-    timings: dict[str, float] = {}
-    t0 = time.perf_counter()
-    inputs = open_for_predict(run_dir, which, runs_root)
-    if top_k > len(inputs.classes):
-        raise UserError(f"--top-k must be at most {len(inputs.classes)} (the number of classes), got {top_k}")
-    collected = collect_images(paths)
-    failed: list[tuple[str, str]] = []
-    for spec in collected.missing:
-        reason = "no such file or folder, and no file matches it as a glob"
-        failed.append((spec, reason))
-        skipped(f"skipped {spec}: {reason}")
-    if not collected.files:
-        extra = f" ({collected.ignored} files without an image extension ignored)" if collected.ignored else ""
-        raise UserError(f"no image files found in {', '.join(map(str, paths))}{extra}; give PNG, JPEG, BMP or "
-                        "WebP files, folders of them, or globs")
-    if collected.ignored:
-        log(f"note: ignored {collected.ignored} file(s) without an image extension inside the given folders")
+    timings = Timings()
+    with timings.phase("load"):
+        inputs = open_for_predict(run_dir, which, runs_root)
+        if top_k > len(inputs.classes):
+            raise UserError(f"--top-k must be at most {len(inputs.classes)} (the number of classes), got {top_k}")
+        collected = collect_images(paths)
+        failed: list[tuple[str, str]] = []
+        for spec in collected.missing:
+            reason = "no such file or folder, and no file matches it as a glob"
+            failed.append((spec, reason))
+            skipped(f"skipped {spec}: {reason}")
+        if not collected.files:
+            extra = f" ({collected.ignored} files without an image extension ignored)" if collected.ignored else ""
+            raise UserError(f"no image files found in {', '.join(map(str, paths))}{extra}; give PNG, JPEG, BMP or "
+                            "WebP files, folders of them, or globs")
+        if collected.ignored:
+            log(f"note: ignored {collected.ignored} file(s) without an image extension inside the given folders")
 
-    from analysis.loading import load_model
+        from analysis.loading import load_model
 
-    model = load_model(inputs)
-    import torch
+        model = load_model(inputs)
+        import torch
 
-    model = model.to(memory_format=torch.channels_last)
-    timings["load"] = time.perf_counter() - t0
+        model = model.to(memory_format=torch.channels_last)
 
     cam_dir = Path(out) if out is not None else inputs.run.path / PREDICTIONS_DIR
     used_names: set[str] = set()
     predictions: list[ImagePrediction] = []
     timings.update(read=0.0, model=0.0, cams=0.0)
     for start in range(0, len(collected.files), batch_size):
-        t = time.perf_counter()
         batch_paths = collected.files[start:start + batch_size]
-        read = read_many(batch_paths)
         good: list[tuple[np.ndarray, ImageInfo]] = []
-        for path, (pixels, info) in zip(batch_paths, read):
-            if pixels is None or not isinstance(info, ImageInfo):
-                failed.append((str(path), str(info)))
-                skipped(f"skipped {path}: {info}")
-            else:
-                good.append((pixels, info))
-        timings["read"] += time.perf_counter() - t
+        with timings.phase("read"):
+            for path, (pixels, info) in zip(batch_paths, read_many(batch_paths)):
+                if pixels is None or not isinstance(info, ImageInfo):
+                    failed.append((str(path), str(info)))
+                    skipped(f"skipped {path}: {info}")
+                else:
+                    good.append((pixels, info))
         if not good:
             continue
         images = np.stack([g[0] for g in good])
-        t = time.perf_counter()
-        probs = forward_probs(model, images, inputs.mean, inputs.std)
-        timings["model"] += time.perf_counter() - t
+        with timings.phase("model"):
+            probs = forward_probs(model, images, inputs.mean, inputs.std)
         batch_preds = [ImagePrediction(info.path, info, p) for (_, info), p in zip(good, probs)]
         if cam:
-            t = time.perf_counter()
-            _write_cams(model, images, batch_preds, chosen_layers, inputs, cam_dir, used_names)
-            timings["cams"] += time.perf_counter() - t
+            with timings.phase("cams"):
+                _write_cams(model, images, batch_preds, chosen_layers, inputs, cam_dir, used_names)
         predictions.extend(batch_preds)
 
     if not predictions:
@@ -198,7 +193,7 @@ def predict(paths: Sequence[str | Path], run_dir: str | Path | None = None, whic
                            Path(json_path) if json_path is not None else None, timings)
     if json_path is not None:
         write_json(json_path, to_json(result))
-    timings["total"] = time.perf_counter() - t0
+    timings.stop()
     return result
 
 

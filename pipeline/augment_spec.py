@@ -1,7 +1,7 @@
 """One augmentation spec: an `AugmentConfig` as the numbers an augmenter runs with.
 
 Both augmenters read it: the numba kernel (`kernels.augment_batch`, run by the FFCV op in
-pipeline/ops.py and by the torch loader's CPU backend) through `AugmentSpec.kernel_args`, and its
+pipeline/ffcv_ops.py and by the torch loader's CPU backend) through `AugmentSpec.kernel_args`, and its
 torch twin (pipeline/augment_torch.py) through the fields and `affine`. `AugmentSpec.from_config`
 is the only place a config becomes a spec, so a new augmentation option is added here once.
 

@@ -147,7 +147,7 @@ def make_loader(data_dir: str | Path, split: str, batch_size: int, aug: AugmentC
     from ffcv.loader import Loader, OrderOption
     from ffcv.transforms import Squeeze, ToTensor, ToTorchImage
 
-    from pipeline.ops import AugmentNormalize
+    from pipeline.ffcv_ops import AugmentNormalize
 
     manifest = read_manifest(data_dir)
     path = beton_path(data_dir, split)

@@ -4,7 +4,7 @@ Two implementations, picked by `open_loader` (`--loader ffcv|torch|auto`, `resol
 which and why):
 
 - pipeline/ffcv_loader.py: FFCV betons, decoded and augmented by numba threads on the host
-  (the fused op, pipeline/ops.py); needs FFCV and its system libraries.
+  (the fused op, pipeline/ffcv_ops.py); needs FFCV and its system libraries.
 - pipeline/torch_loader.py: the prepared .npz arrays held as tensors on the training device and
   augmented there (pipeline/augment_torch.py; on the CPU the numba kernel itself); needs only torch.
 

@@ -15,7 +15,7 @@ import torch
 import analysis.export as export
 from analysis.export import OPSET, PARITY_IMAGES, TOLERANCE, export_model
 from analysis.loading import open_run, to_model_input
-from cli_use import export_command
+from cli_model_use import export_command
 from common.errors import UserError
 from models.loading import load_run_model
 from pipeline.cifar_source import CLASSES

@@ -21,7 +21,7 @@ import pytest
 from common.config import AugmentConfig, TrainConfig
 from pipeline import kernels
 from pipeline.augment_spec import kernel_params
-from pipeline.ops import AugmentNormalize
+from pipeline.ffcv_ops import AugmentNormalize
 from tests.test_kernels import (
     FILL,
     MEAN,

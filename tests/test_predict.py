@@ -20,7 +20,7 @@ from PIL import Image
 from analysis.evaluate import evaluate
 from analysis.image_files import ImageReadError, collect_images, read_image
 from analysis.predict import PartialFailure, format_table, predict
-from cli_use import predict_command
+from cli_model_use import predict_command
 from common.errors import UserError
 from pipeline.cifar_source import CLASSES
 from tests.test_analysis import make_run, write_test_arrays

@@ -26,7 +26,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("common", "pipeline", "models", "training", "analysis", "bench")
-TOP_MODULES = ("cli", "cli_analysis", "cli_flags", "cli_use")
+TOP_MODULES = ("cli", "cli_analysis", "cli_flags", "cli_model_use")
 # Modules that build the report page: they compose analysis/html.py's helpers and never write markup.
 REPORT_MODULES = ("analysis/report.py", "analysis/run_page.py", "analysis/compare_page.py", "analysis/ensure.py",
                   "analysis/outputs.py", "analysis/comparison.py")
