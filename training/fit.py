@@ -92,7 +92,7 @@ def train(cfg: TrainConfig, resume: str | Path | None = None, extra_epochs_to: i
         tensorboard = _tensorboard(run) if ctx.main and cfg.run.tensorboard else None
         test_every = cfg.run.test_every or ("needed" if setup.device.type == "cuda" else "epoch")
         writer = BackgroundWriter()  # this epoch's files are written while the next one trains
-        curves = functools.partial(draw_curves, run, state, _title(cfg, run))
+        curves = functools.partial(draw_curves, run, state, _title(cfg, run), cfg.optim.schedule == "plateau")
         with Stopper(log) as stopper, run_status(ctx, run, state, parts, steps, writer, curves):
             session = Session(parts, setup, ctx, cfg.optim, steps, stopper)
             for epoch in range(state.epoch, cfg.optim.epochs):

@@ -123,10 +123,11 @@ def save_epoch(run: RunDir, state: TrainState, parts: Parts, scored: tuple[np.nd
         tensorboard.epoch(state.rows[-1])
 
 
-def draw_curves(run: RunDir, state: TrainState, title: str) -> None:
-    """curves.png from the rows so far (validation included): at the end of a run and on a stop."""
+def draw_curves(run: RunDir, state: TrainState, title: str, lr_drops: bool = True) -> None:
+    """curves.png from the rows so far (validation included): at the end of a run and on a stop.
+    `lr_drops`: mark the plateau schedule's drops (a per-step schedule's lr falls every epoch)."""
     if state.rows:
-        save_figure(curves_figure(state.rows, title), run.curves_path)
+        save_figure(curves_figure(state.rows, title, lr_drops=lr_drops), run.curves_path)
 
 
 def save_partial(run: RunDir, state: TrainState, parts: Parts, partial: Partial) -> None:
