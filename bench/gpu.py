@@ -1,6 +1,6 @@
 """`bench gpu`: everything a GPU decision needs, in one command and one JSON file.
 
-Every timed step is `train`'s own: parts built by training/parts.py `build_parts` (its
+Every timed step is `train`'s own: parts built by training/components.py `build_parts` (its
 `build_optimizer`: fused SGD on CUDA, decay groups; the one-cycle schedule; GradScaler; torch.compile
 with `--compile`) and stepped as training/epoch.py steps them; the loader gets the trainer's worker
 count (`loader_workers`).
@@ -81,13 +81,13 @@ def _versions(device: torch.device) -> dict[str, Any]:
 
 def _parts_rate(batches: Iterable, setup: Any, warmup: int, steps: int, norm: str, compile: bool = False,
                 batch_size: int = 128) -> tuple[float, Any]:
-    """(img/s, parts) of `train`'s own step: parts from training/parts.py `build_parts` (fused SGD
+    """(img/s, parts) of `train`'s own step: parts from training/components.py `build_parts` (fused SGD
     on CUDA, the one-cycle schedule, GradScaler, torch.compile with `compile`), stepped as
     training/epoch.py `train_epoch` steps them, after `warmup` untimed steps (which also absorb
     compilation)."""
+    from training.components import build_parts, warmup_factor
     from training.distributed import DistContext
     from training.epoch import _optimizer_step
-    from training.parts import build_parts, warmup_factor
 
     torch.manual_seed(0)
     cfg = TrainConfig()
@@ -275,8 +275,8 @@ def _loader_fed(setup: Any, data_dir: Path, kind: str, batch_size: int, steps: i
                 log: Log) -> dict[str, Any]:
     from bench.train import _repeat
     from pipeline.loaders import open_loader
+    from training.components import loader_workers
     from training.distributed import DistContext
-    from training.parts import loader_workers
 
     workers, _ = loader_workers(None, setup.device, DistContext())  # the trainer's count (capped on CUDA)
     loader = open_loader(kind, data_dir, "train", batch_size, AugmentConfig(), device=setup.device,

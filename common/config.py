@@ -132,7 +132,7 @@ class OptimConfig:
     # (0 = off; torch.optim.swa_utils, buffers averaged too). When on, evaluation, best.pt's choice
     # and the analysis commands use the averaged weights.
     ema: float = 0.0
-    # Linear warm-up over the first N steps of the run (training/parts.py: warmup_factor).
+    # Linear warm-up over the first N steps of the run (training/components.py: warmup_factor).
     warmup_steps: int = 0
     # torchrun with K processes: lr × K (Goyal et al.'s linear rule), so K× fewer, K× larger
     # steps per epoch keep the single-process dynamics; pair it with --warmup-steps.

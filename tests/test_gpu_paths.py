@@ -136,7 +136,7 @@ def test_fp16_scaler_resumes_from_a_bf16_or_cpu_checkpoint():
 # ---- optimizer, workers, copies -------------------------------------------------------------------
 
 def test_sgd_is_fused_on_cuda_only_and_scale_lr_multiplies_by_the_processes():
-    from training.parts import build_optimizer, warmup_factor
+    from training.components import build_optimizer, warmup_factor
 
     model = torch.nn.Linear(4, 2)
     optim = OptimConfig(lr=0.1, scale_lr=True, warmup_steps=4)
@@ -149,8 +149,8 @@ def test_sgd_is_fused_on_cuda_only_and_scale_lr_multiplies_by_the_processes():
 
 def test_loader_threads_follow_cpu_affinity_and_are_capped_on_cuda(monkeypatch):
     import pipeline.loaders
+    from training.components import MAX_CUDA_WORKERS, loader_workers
     from training.distributed import DistContext
-    from training.parts import MAX_CUDA_WORKERS, loader_workers
 
     monkeypatch.setattr(pipeline.loaders.os, "sched_getaffinity", lambda pid: set(range(3)))
     monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
@@ -241,7 +241,7 @@ def _conv_net() -> torch.nn.Module:
 
 def _parts(model: torch.nn.Module, optimizer: torch.optim.SGD, scheduler=None, world: int = 1,
            scale_lr: bool = False, scaler: torch.amp.GradScaler | None = None):
-    from training.parts import Parts
+    from training.components import Parts
 
     scheduler = scheduler or torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer)
     return Parts(bare=model, step=model, optimizer=optimizer, scheduler=scheduler,
@@ -301,7 +301,7 @@ def test_a_cpu_checkpoint_resumed_on_an_fp16_gpu_keeps_the_fresh_optimizers_fuse
     """A CPU run (fused=None) resumed on a T4: the optimizer built there is fused, and GradScaler
     hands a fused optimizer the scale to unscale inside its step, which the unfused path asserts
     against. The checkpoint's flags are dropped for the fresh optimizer's."""
-    from training.parts import build_optimizer
+    from training.components import build_optimizer
     from training.state import TrainState
 
     setup = resolve_device("cuda")
@@ -330,7 +330,7 @@ def test_a_cpu_checkpoint_resumed_on_an_fp16_gpu_keeps_the_fresh_optimizers_fuse
 def test_scale_lr_resume_under_another_number_of_processes_rescales_the_lr(schedule):
     """--scale-lr trains at K × --lr: a checkpoint of 2 processes resumed by 4 trains on at what a
     4-process run would have had at that step (the one-cycle factor, or a plateau reduction, kept)."""
-    from training.parts import build_optimizer
+    from training.components import build_optimizer
     from training.schedule import build_scheduler
     from training.state import TrainState
 
@@ -416,8 +416,8 @@ def test_ddp_does_not_broadcast_buffers_every_step(monkeypatch):
     """Rank 0's buffers reach the other ranks before each evaluation and before the digest instead."""
     import torch.nn.parallel
 
+    from training.components import build_parts
     from training.distributed import DistContext
-    from training.parts import build_parts
 
     built: dict = {}
 

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from common.config import ModelConfig, OptimConfig
 from common.errors import UserError
 from models import ResNet18, build_model, count_parameters
-from training.parts import build_optimizer
+from training.components import build_optimizer
 from training.schedule import build_scheduler
 
 

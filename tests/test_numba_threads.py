@@ -14,9 +14,9 @@ import torch
 
 from pipeline.numba_threads import LOADER_BOUND, TORCH_ON_CPU, layer_priority
 from tests.test_train import tiny_config
+from training.components import Holdout, build_loaders
 from training.device import DeviceSetup
 from training.distributed import DistContext
-from training.parts import Holdout, build_loaders
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from common.config import OptimConfig, TrainConfig, apply_recipe
+from training.components import build_optimizer
 from training.epoch import BlowUpGuard
-from training.parts import build_optimizer
 from training.schedule import OneCycle, build_scheduler, per_step
 
 

@@ -60,9 +60,9 @@ def test_validation_decides_the_schedule_and_best_pt(prepared_dir, tmp_path, sch
 
     _, labels = read_arrays(prepared_dir, "train", read_manifest(prepared_dir))
     assert np.array_equal(val, stratified_split(labels[:200], 40, cfg.run.seed)[1])
+    from training.components import Holdout, build_loaders
     from training.device import resolve_device
     from training.distributed import DistContext
-    from training.parts import Holdout, build_loaders
 
     loaders = build_loaders(cfg, resolve_device("cpu"), DistContext(), Holdout(*stratified_split(labels[:200], 40, 0)))
     for epoch in range(3):

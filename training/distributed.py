@@ -75,7 +75,7 @@ class DistContext:
 
     def broadcast_buffers(self, model: nn.Module) -> None:
         """Rank 0's buffers (BatchNorm running statistics) on every rank. DDP is built with
-        `broadcast_buffers=False` (training/parts.py), so during an epoch each rank's statistics
+        `broadcast_buffers=False` (training/components.py), so during an epoch each rank's statistics
         follow its own batches; evaluation and the end-of-run digest call this first. A model
         without buffers costs nothing."""
         if not self.enabled:

@@ -23,9 +23,9 @@ from torch import nn
 
 from common.config import OptimConfig
 from common.errors import UserError
+from training.components import Parts, warmup_factor
 from training.device import DeviceSetup
 from training.distributed import DistContext
-from training.parts import Parts, warmup_factor
 from training.progress import Progress
 from training.state import Partial
 

@@ -26,10 +26,10 @@ from typing import Any
 from common.config import TrainConfig
 from common.lock import FolderLock, reading_data
 from common.rundir import RunDir
+from training.components import build_loaders, build_parts, holdout
 from training.device import resolve_device
 from training.distributed import context, device_for
 from training.epoch import Session, Stopper, StopRequested, evaluate_loader, evaluate_or_stop, score_test, train_epoch
-from training.parts import build_loaders, build_parts, holdout
 from training.progress import Progress
 from training.run_setup import check_data, check_free_space, create_run, new_run_id, open_run, record_resume
 from training.saving import BackgroundWriter, draw_curves, finish, on_main, save_epoch

@@ -26,8 +26,8 @@ from common.errors import UserError
 from common.figures import curves_figure, save_figure
 from common.records import RunSummary, Status
 from common.rundir import RunDir
+from training.components import Parts
 from training.distributed import DistContext
-from training.parts import Parts
 from training.state import Partial, TrainState
 
 T = TypeVar("T")
@@ -146,7 +146,7 @@ def weight_digest(parts: Parts) -> str:
 def finish(ctx: DistContext, run: RunDir, state: TrainState, parts: Parts, epochs: int, decided_on: str) -> None:
     """The final summary. Under torchrun the ranks first compare weight digests: DDP keeps replicas
     identical by construction, and checking it means a silent desync cannot hide. Buffers are not
-    kept in step by DDP (training/parts.py: `broadcast_buffers=False`), so rank 0's are broadcast
+    kept in step by DDP (training/components.py: `broadcast_buffers=False`), so rank 0's are broadcast
     first, as before an evaluation: the digests then compare the parameters DDP is responsible for,
     plus the buffers every rank evaluated and rank 0 saved."""
     summary = summary_of(state, Status.FINISHED, epochs, decided_on)

@@ -7,7 +7,7 @@
   state is the step count (`last_epoch`), which the checkpoint carries, so a run stopped mid-epoch
   resumes on the same lr.
 
-`--warmup-steps` (training/parts.py: warmup_factor) is a separate, older mechanism for the plateau
+`--warmup-steps` (training/components.py: warmup_factor) is a separate, older mechanism for the plateau
 schedule; with "onecycle" the warm-up is part of the schedule.
 """
 

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from common.errors import UserError
-from training.parts import Parts
+from training.components import Parts
 
 
 def seed_everything(seed: int) -> None:

@@ -18,9 +18,9 @@ from collections.abc import Callable, Iterator
 from common.errors import UserError
 from common.records import Status
 from common.rundir import RunDir
+from training.components import Parts
 from training.distributed import DistContext
 from training.epoch import Diverged, Interrupted, StopRequested
-from training.parts import Parts
 from training.saving import BackgroundWriter, on_main, save_partial
 from training.state import TrainState
 
