@@ -94,8 +94,13 @@ class BackgroundWriter:
 def cpu_snapshot(tree: Any) -> Any:
     """A copy of every tensor in a (nested) checkpoint dict on the CPU: the training step goes on
     changing the live tensors in place while the copy is written."""
-    return torch.utils._pytree.tree_map(
-        lambda x: x.detach().to("cpu", copy=True) if isinstance(x, torch.Tensor) else x, tree)
+    if isinstance(tree, torch.Tensor):
+        return tree.detach().to("cpu", copy=True)
+    if isinstance(tree, dict):
+        return {k: cpu_snapshot(v) for k, v in tree.items()}
+    if isinstance(tree, (list, tuple)):
+        return type(tree)(cpu_snapshot(v) for v in tree)
+    return tree
 
 
 def save_epoch(run: RunDir, state: TrainState, parts: Parts, scored: tuple[np.ndarray, np.ndarray] | None,
