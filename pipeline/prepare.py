@@ -110,8 +110,8 @@ def write_beton(path: Path, split: Split, desc: str, workers: int = -1) -> None:
                                        "label": IntField()}, num_workers=workers)
     # FFCV's writer waits for its worker processes' count of written images to reach the total,
     # sleeping between looks, and never asks whether they are alive: a worker that dies (a full
-    # disk) left it waiting forever. Its sleep is where we ask.
-    ffcv_writer.sleep = _WorkersAlive()
+    # disk) left it waiting forever. Its sleep is where we ask, for this write only.
+    plain_sleep, ffcv_writer.sleep = ffcv_writer.sleep, _WorkersAlive()
     try:
         writer.from_indexed_dataset(_ArrayDataset(split), chunksize=1000)
     except BaseException:
@@ -123,6 +123,8 @@ def write_beton(path: Path, split: Split, desc: str, workers: int = -1) -> None:
                 shm.close()
                 shm.unlink()
         raise
+    finally:
+        ffcv_writer.sleep = plain_sleep
 
 
 class _WorkersAlive:

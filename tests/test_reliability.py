@@ -327,9 +327,15 @@ def test_too_little_space_is_refused_before_training(prepared_dir, small_fs):
     assert not (fs / "run").exists()
 
 
-def _stop_after_epoch_1(action):
+def _stop_after_epoch_1(action, run: Path):
+    """Act once epoch 1's files have landed: they are written in the background (training/saving.py)
+    after the epoch's line is printed, so wait for its summary, the group's last file."""
     def log(message: str) -> None:
         if message.startswith("epoch   1/"):
+            deadline = time.monotonic() + 120
+            while RunDir(run).read_summary().epochs_done < 1 and time.monotonic() < deadline:
+                time.sleep(0.05)
+            time.sleep(0.2)  # the writer thread closes the summary's temp file after renaming it
             action()
     return log
 
@@ -345,7 +351,7 @@ def test_a_disk_that_fills_up_mid_run_keeps_the_previous_checkpoint(prepared_dir
 
     run = fs / "run"
     with pytest.raises(UserError, match="no space left while writing .*(last|best).pt.*previous file.*untouched"):
-        train(tiny_config(prepared_dir, run), log=_stop_after_epoch_1(fill), progress=False)
+        train(tiny_config(prepared_dir, run), log=_stop_after_epoch_1(fill, run), progress=False)
     assert RunDir(run).load_checkpoint("last")["epoch"] == 1
     assert not list(run.glob(".*.tmp"))
     assert RunDir(run).read_summary().status == "failed"
@@ -366,7 +372,7 @@ def test_a_disk_that_turns_read_only_mid_run_keeps_the_previous_checkpoint(prepa
     cfg.run.tensorboard = False
     try:
         with pytest.raises(UserError, match="cannot write to .*read-only"):
-            train(cfg, log=_stop_after_epoch_1(remount_ro), progress=False)
+            train(cfg, log=_stop_after_epoch_1(remount_ro, run), progress=False)
         assert RunDir(run).load_checkpoint("last")["epoch"] == 1
     finally:
         subprocess.run(["mount", "-o", "remount,rw", str(fs)], capture_output=True)
