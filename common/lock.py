@@ -113,33 +113,29 @@ class FolderLock:
 READERS_NAME = ".readers.lock"
 
 
-@contextlib.contextmanager
-def reading_data(folder: str | Path) -> Iterator[None]:
+def reading_data(folder: str | Path) -> contextlib.AbstractContextManager[None]:
     """A shared lock on a data folder, held by a training for its whole run: `prepare` into the
     same folder (`rewriting_data`) is refused meanwhile, so the betons and manifest a run resumes
     from are never replaced under it. Any number of runs may read one folder. `prepare` creates the
-    lock file with the data (pipeline/prepare.py) and nothing removes it (a reader leaving must not unlock the others); readers never
-    create it, so reading leaves a data folder as it was. A folder prepared before the file existed
-    is read unlocked until it is prepared again."""
-    try:
-        fd = os.open(Path(folder) / READERS_NAME, os.O_RDONLY)
-    except OSError:
-        yield
-        return
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise UserError(f"{folder} is being rewritten by `prepare`; wait for it to finish, then train") from None
-        yield
-    finally:
-        os.close(fd)
+    lock file with the data (pipeline/prepare.py) and nothing removes it (a reader leaving must not
+    unlock the others); readers never create it, so reading leaves a data folder as it was. A
+    folder prepared before the file existed is read unlocked until it is prepared again."""
+    return _data_lock(folder, fcntl.LOCK_SH,
+                      f"{folder} is being rewritten by `prepare`; wait for it to finish, then train")
+
+
+def rewriting_data(folder: str | Path) -> contextlib.AbstractContextManager[None]:
+    """The exclusive side of `reading_data`: held by `prepare` while it replaces a folder's files.
+    A folder without the lock file (new, or prepared before it existed) has no reader to wait for."""
+    return _data_lock(folder, fcntl.LOCK_EX,
+                      f"{folder} is the data of a training that is running now; replacing its files would keep "
+                      "that run from resuming: wait for it to finish (or stop it), or prepare into another --out")
 
 
 @contextlib.contextmanager
-def rewriting_data(folder: str | Path) -> Iterator[None]:
-    """The exclusive side of `reading_data`: held by `prepare` while it replaces a folder's files.
-    A folder without the lock file (new, or prepared before it existed) has no reader to wait for."""
+def _data_lock(folder: str | Path, mode: int, refusal: str) -> Iterator[None]:
+    """flock `mode` on the folder's READERS_NAME without waiting (refusal: the UserError's text);
+    nothing to lock where the file is absent."""
     try:
         fd = os.open(Path(folder) / READERS_NAME, os.O_RDONLY)
     except OSError:
@@ -147,11 +143,9 @@ def rewriting_data(folder: str | Path) -> Iterator[None]:
         return
     try:
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(fd, mode | fcntl.LOCK_NB)
         except BlockingIOError:
-            raise UserError(f"{folder} is the data of a training that is running now; replacing its files would "
-                            "keep that run from resuming: wait for it to finish (or stop it), or prepare into "
-                            "another --out") from None
+            raise UserError(refusal) from None
         yield
     finally:
         os.close(fd)
