@@ -186,7 +186,7 @@ def compare(
                          seeds=parse_seeds(seeds) if seeds is not None else None)
     if not result.main:  # torchrun ranks other than 0 train but do not write or print
         return
-    from analysis.comparison import write_comparison
+    from analysis.compare.tables import write_comparison
 
     c = write_comparison(result.folder)
     typer.echo(c.table_md)

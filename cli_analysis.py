@@ -26,7 +26,7 @@ def explain_command(run: Path | None = None, layer: Sequence[int] = (3,), count:
                     pick: str = "confident", seed: int = 0, target: str = "predicted",
                     method: str = "gradcam", which: str = "best", data: Path | None = None,
                     echo: Echo = typer.echo) -> None:
-    from analysis.explain import explain, format_scores
+    from analysis.inspection.explain import explain, format_scores
 
     result = explain(run, layers=list(layer) or [3], count=count, pick=pick, seed=seed, target=target,
                      method=method, which=which, data_dir=data, log=_err)
@@ -46,7 +46,7 @@ def explain_command(run: Path | None = None, layer: Sequence[int] = (3,), count:
 
 def evaluate_command(run: Path | None = None, which: str = "best", recompute: bool = False, tta: bool = False,
                      data: Path | None = None, echo: Echo = typer.echo) -> None:
-    from analysis.evaluate import evaluate
+    from analysis.inspection.evaluate import evaluate
 
     result = evaluate(run, which=which, recompute=recompute, data_dir=data, tta=tta, log=_err)
     echo(f"run {result.run} · {RunDir(result.run).weights_label(result.which)} · {result.source}")
@@ -59,7 +59,7 @@ def evaluate_command(run: Path | None = None, which: str = "best", recompute: bo
 
 
 def report_command(run: Path | None = None, out: Path | None = None, echo: Echo = typer.echo) -> None:
-    from analysis.report import make_report
+    from analysis.report.report import make_report
 
     result = make_report(run, out, log=_err)
     for path in result.made:

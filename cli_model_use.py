@@ -26,7 +26,7 @@ def predict_command(paths: Sequence[str | Path], run: Path | None = None, top_k:
                     layer: Sequence[int] = (), out: Path | None = None, json_path: Path | None = None,
                     which: str = "best", echo: Echo = typer.echo, err: Echo = _err):
     """The table on stdout; skipped files and notes on stderr; PartialFailure after printing."""
-    from analysis.predict import PartialFailure, format_table, predict
+    from analysis.model_use.predict import PartialFailure, format_table, predict
 
     result = predict(paths, run, which=which, top_k=top_k, cam=cam, layers=layer, out=out, json_path=json_path,
                      log=err, skipped=err)
@@ -49,7 +49,7 @@ def predict_command(paths: Sequence[str | Path], run: Path | None = None, top_k:
 def export_command(run: Path | None = None, fmt: str = "onnx", which: str = "best", out: Path | None = None,
                    data: Path | None = None, force: bool = False, echo: Echo = typer.echo, err: Echo = _err):
     """Export, verify, and print the file, its size, the input contract and the parity check."""
-    from analysis.export import INPUT_SPEC, export_model
+    from analysis.model_use.export import INPUT_SPEC, export_model
 
     result = export_model(run, fmt, which, out, data, force=force, log=err)
     what = f"ONNX opset {result.opset}" if result.format == "onnx" else "TorchScript"

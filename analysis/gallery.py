@@ -24,7 +24,7 @@ PT = DPI / 72  # pixels per point
 
 
 @dataclass
-class _Grid:
+class Grid:
     """Pixel layout: rows of tiles, each with a title band above; tiles optionally in groups."""
 
     rows: int
@@ -54,7 +54,7 @@ class _Grid:
         return self.y0(self.rows - 1) + self.tile + self.row_gap
 
 
-def _upscale_nearest(img: np.ndarray, k: int) -> np.ndarray:
+def upscale_nearest(img: np.ndarray, k: int) -> np.ndarray:
     return np.repeat(np.repeat(img, k, axis=0), k, axis=1)
 
 
@@ -73,7 +73,7 @@ def _upscale_bilinear(a: np.ndarray, k: int) -> np.ndarray:
     return rows[:, c0] * (1 - fc)[None, :] + rows[:, c1] * fc[None, :]
 
 
-def _draw(grid: _Grid, canvas: np.ndarray, texts: list[tuple[int, int, str]], title: str):
+def draw(grid: Grid, canvas: np.ndarray, texts: list[tuple[int, int, str]], title: str):
     """Figure showing `canvas` pixel for pixel and the tile titles, centred above (x, y) in pixels.
 
     figimage places the array without resampling (imshow resampled it, at a cost per figure).
@@ -88,10 +88,10 @@ def _draw(grid: _Grid, canvas: np.ndarray, texts: list[tuple[int, int, str]], ti
     return fig
 
 
-def misclassified_layout(n: int, tile: int, columns: int = 5) -> _Grid:
+def misclassified_layout(n: int, tile: int, columns: int = 5) -> Grid:
     """Where each tile of the misclassified gallery goes (wide gaps: titles are wider than tiles)."""
     cols = max(1, min(columns, n))
-    grid = _Grid(rows=math.ceil(n / cols), cols=cols, tile=tile, gap=int(0.3 * tile))
+    grid = Grid(rows=math.ceil(n / cols), cols=cols, tile=tile, gap=int(0.3 * tile))
     grid.margin = max(grid.margin, (grid.gap + 1) // 2)
     return grid
 
@@ -108,17 +108,17 @@ def plot_misclassified(images: np.ndarray, indices: Sequence[int], labels: Seque
     for k in range(n):
         r, c = divmod(k, cols)
         x, y = grid.x0(c), grid.y0(r)
-        canvas[y:y + tile, x:x + tile] = _upscale_nearest(images[k], SCALE)
+        canvas[y:y + tile, x:x + tile] = upscale_nearest(images[k], SCALE)
         texts.append((x + tile // 2, y, f"{classes[labels[k]]} → {classes[preds[k]]} "
                                          f"({100 * conf[k]:.0f}%)\ntest #{int(indices[k])}"))
-    return save_figure(_draw(grid, canvas, texts, title), path)
+    return save_figure(draw(grid, canvas, texts, title), path)
 
 
 def overlay(image: np.ndarray, cam: np.ndarray, scale: int = SCALE) -> np.ndarray:
     """uint8 RGB image blended with the colour-mapped CAM (both upscaled by `scale`)."""
     from matplotlib import colormaps
 
-    big = _upscale_nearest(image, scale).astype(np.float32) / 255
+    big = upscale_nearest(image, scale).astype(np.float32) / 255
     heat = colormaps[CAM_CMAP](np.clip(_upscale_bilinear(cam.astype(np.float32), scale), 0, 1))[..., :3]
     return np.round(255 * ((1 - CAM_ALPHA) * big + CAM_ALPHA * heat)).astype(np.uint8)
 
@@ -140,14 +140,14 @@ def plot_cam_overlays(images: np.ndarray, cams: np.ndarray, indices: Sequence[in
     n = len(indices)
     pairs = max(1, min(pairs_per_row, n))
     tile = images.shape[1] * SCALE
-    grid = _Grid(rows=math.ceil(n / pairs), cols=2 * pairs, tile=tile, gap=6, group=2,
+    grid = Grid(rows=math.ceil(n / pairs), cols=2 * pairs, tile=tile, gap=6, group=2,
                  group_gap=int(0.2 * tile), right=int(1.0 * DPI))
     canvas = np.full((grid.height, grid.width, 3), 255, dtype=np.uint8)
     texts = []
     for k in range(n):
         r, p = divmod(k, pairs)
         xi, xc, y = grid.x0(2 * p), grid.x0(2 * p + 1), grid.y0(r)
-        canvas[y:y + tile, xi:xi + tile] = _upscale_nearest(images[k], SCALE)
+        canvas[y:y + tile, xi:xi + tile] = upscale_nearest(images[k], SCALE)
         canvas[y:y + tile, xc:xc + tile] = overlay(images[k], cams[k])
         texts.append((xi + tile // 2, y, f"test #{int(indices[k])}\ntrue: {classes[labels[k]]}"))
         what = f"pred: {classes[preds[k]]} {100 * conf[k]:.0f}%"
@@ -158,7 +158,7 @@ def plot_cam_overlays(images: np.ndarray, cams: np.ndarray, indices: Sequence[in
             # Grad-CAM's ReLU leaves nothing when no channel has positive evidence for the class.
             second = "empty map"
         texts.append((xc + tile // 2, y, f"{what}\n{second}".rstrip()))
-    fig = _draw(grid, canvas, texts, title)
+    fig = draw(grid, canvas, texts, title)
     top = grid.y0(0) / grid.height
     left = (grid.width - grid.right + 18) / grid.width
     cax = fig.add_axes((left, 0.06, 14 / grid.width, 1 - top - 0.06))

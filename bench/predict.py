@@ -1,6 +1,6 @@
 """`bench predict`: a folder of image files through `predict`, batched vs one image at a time.
 
-(a) `analysis.predict.predict` on a folder of N PNG files (default 1,000): decode, crop/resize,
+(a) `analysis.model_use.predict.predict` on a folder of N PNG files (default 1,000): decode, crop/resize,
     one model pass per batch of 256 (channels-last), in one process, model already loaded;
 (b) the baseline a first script would be: for each file, read it the same way, then one model
     call per image (batch 1, NCHW) — timed on the first `baseline` files only (it is the slow one);
@@ -66,9 +66,9 @@ def bench_predict(run_dir: str | Path | None = None, data_dir: str | Path = "dat
     import torch
     from PIL import Image
 
-    from analysis.image_files import read_image
     from analysis.loading import load_model, to_model_input
-    from analysis.predict import BATCH, open_for_predict, predict
+    from analysis.model_use.image_files import read_image
+    from analysis.model_use.predict import BATCH, open_for_predict, predict
     from bench.common import machine
 
     with tempfile.TemporaryDirectory(prefix="bench-predict-") as tmp_name:

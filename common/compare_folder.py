@@ -1,7 +1,7 @@
 """The compare folder: the one owner of its layout and of compare.json.
 
 `compare` (training/compare.py) writes the record and trains one run per norm into it; analysis
-(analysis/comparison.py, the report) reads it and writes the comparison figure and tables beside
+(analysis/compare/tables.py, the report) reads it and writes the comparison figure and tables beside
 it. Both go through this module, so the file names and the record's keys are spelled once.
 
     <folder>/
@@ -13,7 +13,7 @@ it. Both go through this module, so the file names and the record's keys are spe
       <norm>-seed<k>/   ... with several --seeds, one per (norm, seed); compare.json's `runs` keys
                         name them the same way, and settings["seeds"] lists the seeds
       comparison.json also holds, with several seeds, "seed_summary", "paired_differences",
-      "interval" and "left_out" (analysis/comparison.py, analysis/seed_stats.py)
+      "interval" and "left_out" (analysis/compare/tables.py, analysis/compare/stats.py)
 """
 
 from __future__ import annotations

@@ -17,13 +17,13 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from analysis.evaluate import confusion_matrix, evaluate
-from analysis.explain import explain
-from analysis.faithfulness import road_scores
 from analysis.gradcam import compute_cams, target_block
+from analysis.inspection.evaluate import confusion_matrix, evaluate
+from analysis.inspection.explain import explain
+from analysis.inspection.faithfulness import road_scores
+from analysis.inspection.selection import confidence, select_misclassified
+from analysis.inspection.test_predictions import predict_probs
 from analysis.loading import open_run, resolve_run, to_model_input
-from analysis.predictions import predict_probs
-from analysis.selection import confidence, select_misclassified
 from common.config import ModelConfig, TrainConfig
 from common.errors import UserError
 from common.records import DataRecord

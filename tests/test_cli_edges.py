@@ -63,7 +63,7 @@ def test_a_recursive_glob_does_not_follow_symlinked_folders(tmp_path):
     code = textwrap.dedent(f"""
         import sys
         sys.path.insert(0, {str(ROOT)!r})
-        from analysis.image_files import collect_images
+        from analysis.model_use.image_files import collect_images
         got = collect_images(["L/**", "L/**/*.png"])
         print(sorted(p.as_posix() for p in got.files))
     """)
@@ -72,7 +72,7 @@ def test_a_recursive_glob_does_not_follow_symlinked_folders(tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "['L/a.png', 'L/sub/b.png']"
 
-    from analysis.image_files import expand_glob
+    from analysis.model_use.image_files import expand_glob
 
     os.chdir(tmp_path)
     try:
@@ -87,7 +87,7 @@ def test_a_recursive_glob_does_not_follow_symlinked_folders(tmp_path):
 # ---- GIF: refused with the same line whether named or found in a folder -----------------------------
 
 def test_a_gif_is_refused_the_same_way_named_or_in_a_folder(tmp_path):
-    from analysis.image_files import ImageReadError, collect_images, read_image, read_many
+    from analysis.model_use.image_files import ImageReadError, collect_images, read_image, read_many
 
     png(tmp_path / "photos" / "a.png")
     Image.new("RGB", (8, 8)).save(tmp_path / "photos" / "b.gif")

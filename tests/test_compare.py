@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from analysis.comparison import write_comparison
+from analysis.compare.tables import write_comparison
 from common.config import TrainConfig
 from common.errors import UserError
 from common.rundir import RunDir

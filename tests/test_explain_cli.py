@@ -74,7 +74,7 @@ def test_commands_bad_run(tmp_path):
 def test_commands_never_import_ffcv_or_training(run_dir):
     assert_stays_clear_of_ffcv_and_training(
         "from cli_analysis import evaluate_command\n"
-        "import analysis.explain, analysis.gallery, analysis.gradcam, analysis.faithfulness",
+        "import analysis.inspection.explain, analysis.gallery, analysis.gradcam, analysis.inspection.faithfulness",
         f"evaluate_command({str(run_dir)!r}, echo=lambda m: None)")
 
 

@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 import torch
 
-import analysis.export as export
-from analysis.export import OPSET, PARITY_IMAGES, TOLERANCE, export_model
+import analysis.model_use.export as export
 from analysis.loading import open_run, to_model_input
+from analysis.model_use.export import OPSET, PARITY_IMAGES, TOLERANCE, export_model
 from cli_model_use import export_command
 from common.errors import UserError
 from models.loading import load_run_model

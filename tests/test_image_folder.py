@@ -153,7 +153,7 @@ def test_cli_corrupt_file_one_line_and_existing_data_kept(tmp_path, folder):
 def test_train_and_evaluate_on_an_image_folder_with_three_classes(folder, tmp_path):
     """Your own small dataset end to end: the model gets one output per class folder, and
     evaluation and predictions use the folder names."""
-    from analysis.evaluate import evaluate
+    from analysis.inspection.evaluate import evaluate
     from models.loading import load_run_model
     from tests.test_train import tiny_config
     from training.fit import train

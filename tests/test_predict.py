@@ -17,9 +17,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from analysis.evaluate import evaluate
-from analysis.image_files import ImageReadError, collect_images, read_image
-from analysis.predict import PartialFailure, format_table, predict
+from analysis.inspection.evaluate import evaluate
+from analysis.model_use.image_files import ImageReadError, collect_images, read_image
+from analysis.model_use.predict import PartialFailure, format_table, predict
 from cli_model_use import predict_command
 from common.errors import UserError
 from pipeline.cifar_source import CLASSES
@@ -284,5 +284,5 @@ def test_predict_and_export_stay_clear_of_ffcv_and_training(setup):
 
     run, _, _, pngs = setup
     assert_stays_clear_of_ffcv_and_training(
-        "from analysis.predict import predict\nimport analysis.export, analysis.tensorboard_images",
+        "from analysis.model_use.predict import predict\nimport analysis.model_use.export, analysis.inspection.tensorboard_images",
         f"predict([{str(pngs / 'test_000.png')!r}], {str(run.path)!r})")

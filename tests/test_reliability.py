@@ -206,7 +206,7 @@ def test_torchrun_two_cpu_ranks_with_gloo(prepared_dir, tmp_path):
 
     # the test shards were gathered back into test order: a one-process pass over the same
     # images with the saved weights gives the same predictions
-    from analysis.predictions import predict_probs
+    from analysis.inspection.test_predictions import predict_probs
     from pipeline.manifest import read_manifest, read_test_arrays
 
     manifest = read_manifest(prepared_dir)

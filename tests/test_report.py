@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from analysis.report import make_report
+from analysis.report.report import make_report
 from cli_analysis import report_command
 from common import compare_folder
 from common.errors import UserError
@@ -275,7 +275,7 @@ def test_cli_writes_report_without_ffcv_or_training(built, tmp_path):
     assert f"wrote {out}" in proc.stdout and "6 images embedded" in proc.stdout
     assert out.is_file()
     assert_stays_clear_of_ffcv_and_training(
-        "from cli_analysis import report_command\nimport analysis.report, analysis.explain, analysis.evaluate",
+        "from cli_analysis import report_command\nimport analysis.report.report, analysis.inspection.explain, analysis.inspection.evaluate",
         f"report_command({str(folder)!r}, {str(tmp_path / 'x.html')!r}, echo=lambda m: None)")
 
 

@@ -116,7 +116,7 @@ def test_a_slow_disk_does_not_stall_training(prepared_dir, tmp_path, monkeypatch
 def test_predictions_ahead_of_their_checkpoint_are_recomputed(prepared_dir, tmp_path):
     """A disk that fills between an epoch's predictions and its checkpoint leaves them a step
     ahead; evaluate must report the checkpoint's own accuracy, not the stale file's."""
-    from analysis.evaluate import evaluate
+    from analysis.inspection.evaluate import evaluate
 
     result = run_train(tiny_config(prepared_dir, tmp_path / "run", epochs=1))
     run = result.run

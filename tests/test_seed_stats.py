@@ -1,4 +1,4 @@
-"""Normalisation comparisons over several seeds: the statistics (analysis/seed_stats.py) on numbers
+"""Normalisation comparisons over several seeds: the statistics (analysis/compare/stats.py) on numbers
 checked by hand, and write_comparison on a compare folder of faked runs with known metrics
 (3 seeds × 2 norms, validation and test disagreeing on the best epoch)."""
 
@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from analysis.comparison import write_comparison
-from analysis.seed_stats import NO_DIFFERENCE, mean_sd, paired_differences, seed_summary, t_interval, verdict
+from analysis.compare.stats import NO_DIFFERENCE, mean_sd, paired_differences, seed_summary, t_interval, verdict
+from analysis.compare.tables import write_comparison
 from common import compare_folder
 from common.compare_folder import CompareRecord
 from common.config import TrainConfig
@@ -230,7 +230,7 @@ def test_unfinished_runs_are_left_out_of_the_statistics(tmp_path):
     assert {s["norm"]: s["n"] for s in out["seed_summary"]} == {"batch": 3, "layer": 3}
     assert out["left_out"] == [{"key": "first-3", "run": str(folder / "batch-seed3"), "status": "interrupted"}]
     assert "first-3 (interrupted)" in result.table_md
-    from analysis.comparison import figure_series
+    from analysis.compare.tables import figure_series
 
     curves: list[list[dict[str, float]]] = [[{"epoch": float(i)}] for i in range(7)]
     assert [len(runs) for runs in figure_series(out["rows"], curves, True).values()] == [3, 3]  # finished only

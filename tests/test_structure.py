@@ -5,7 +5,8 @@
     pipeline/   data: prepare, kernels, loaders             (imports common)
     models/     the network                                   (imports common)
     training/   fit loop, torchrun, compare driver            (never imports analysis)
-    analysis/   explain, evaluate, comparison, report         (never imports training, FFCV or typer)
+    analysis/   inspection, model_use, compare, report        (never imports training, FFCV or typer)
+                its sub-packages import only analysis' shared modules; report/ composes the others
     cli.py, cli_analysis.py   flags and printing (the only users of typer besides bench/)
 
 Imports are read with `ast`, including those inside functions (the project imports heavy modules
@@ -27,9 +28,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("common", "pipeline", "models", "training", "analysis", "bench")
 TOP_MODULES = ("cli", "cli_analysis", "cli_flags", "cli_model_use")
-# Modules that build the report page: they compose analysis/html.py's helpers and never write markup.
-REPORT_MODULES = ("analysis/report.py", "analysis/run_page.py", "analysis/compare_page.py", "analysis/ensure.py",
-                  "analysis/outputs.py", "analysis/comparison.py")
+# Modules that build the report page: they compose analysis/report/html.py's helpers and never write markup.
+REPORT_MODULES = ("analysis/report/report.py", "analysis/report/run_page.py", "analysis/report/compare_page.py",
+                  "analysis/report/ensure.py", "analysis/outputs.py", "analysis/compare/tables.py")
+# analysis/: what each sub-package may import besides its own modules and the shared top-level ones.
+ANALYSIS_SHARED = {"loading", "gradcam", "gallery", "figures", "outputs"}
+ANALYSIS_MAY_USE = {"inspection": set(), "model_use": set(), "compare": set(), "report": {"inspection", "compare"}}
 
 
 def _files(package: str) -> list[Path]:
@@ -111,6 +115,20 @@ def test_analysis_never_imports_training():
     assert offenders("analysis", ("training", "ffcv")) == []
 
 
+def test_analysis_sub_packages_stay_in_their_concern():
+    """Inspecting a run, using its model and the norm comparison are independent; only the report
+    composes them. Shared helpers live at analysis/'s top level and import no sub-package."""
+    found = []
+    for path in _files("analysis"):
+        parts = path.relative_to(ROOT / "analysis").parts
+        own = parts[0] if len(parts) == 2 else None
+        allowed = ANALYSIS_SHARED | ({own} | ANALYSIS_MAY_USE[own] if own else set())
+        found += [f"{path.relative_to(ROOT)}: {name}" for name in sorted(imported_modules(path))
+                  if name.startswith("analysis.") and name.split(".")[1] not in allowed]
+    assert found == []
+    assert {p.name for p in (ROOT / "analysis").iterdir() if p.is_dir() and p.name != "__pycache__"} == set(ANALYSIS_MAY_USE)
+
+
 def test_common_imports_no_higher_layer():
     """common/ is what every package shares, so importing it must not pull in any of them."""
     assert offenders("common", ("models", "training", "analysis", "pipeline", "bench"), module_level=True) == []
@@ -134,7 +152,7 @@ def assert_stays_clear_of_ffcv_and_training(imports: str, call: str) -> None:
     assert proc.stdout.strip() == "ok"
 
 
-# ---- the report renders through analysis/html.py only ----------------------------------------------
+# ---- the report renders through analysis/report/html.py only ----------------------------------------------
 
 def _string_literals(path: Path) -> Iterator[tuple[int, str]]:
     """(line, text) of every string constant except docstrings, f-string pieces included."""

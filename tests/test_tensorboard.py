@@ -1,4 +1,4 @@
-"""training/tensorboard_log.py and analysis/tensorboard_images.py, read back with TensorBoard's own reader.
+"""training/tensorboard_log.py and analysis/inspection/tensorboard_images.py, read back with TensorBoard's own reader.
 
 The reader (EventAccumulator, purge_orphaned_data on, as TensorBoard runs it) is what decides what a
 user sees, so the resume test checks through it that no step appears twice.
@@ -77,7 +77,7 @@ def test_figures_as_images(tmp_path):
     from PIL import Image
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    from analysis.tensorboard_images import add_figures
+    from analysis.inspection.tensorboard_images import add_figures
 
     rng = np.random.default_rng(0)
     paths = []
@@ -103,7 +103,7 @@ def test_figures_as_images(tmp_path):
 
 
 def test_image_helper_stays_clear_of_training():
-    script = "\n".join(["import sys", f"sys.path.insert(0, {str(ROOT)!r})", "import analysis.tensorboard_images",
+    script = "\n".join(["import sys", f"sys.path.insert(0, {str(ROOT)!r})", "import analysis.inspection.tensorboard_images",
                         "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('ffcv', 'training'))",
                         "assert not bad, bad", "print('ok')"])
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)

@@ -276,9 +276,9 @@ def test_the_guard_stops_a_finite_blow_up(prepared_dir, tmp_path, monkeypatch):
 def test_flip_tta_reports_both_accuracies(full_run):
     """evaluate --tta scores the mean of each image's and its mirror's softmax, and reports the
     plain accuracy (the saved predictions') beside it."""
-    from analysis.evaluate import evaluate
+    from analysis.inspection.evaluate import evaluate
+    from analysis.inspection.test_predictions import predict_probs
     from analysis.loading import load_model, load_test_set, open_run
-    from analysis.predictions import predict_probs
 
     result = evaluate(full_run.run.path, which="last", tta=True)
     saved = full_run.run.read_predictions("last")

@@ -3,7 +3,7 @@
 The exported graph takes **uint8 RGB images, NCHW (N, 3, 32, 32), values 0-255** and returns
 **logits (N, classes) float32**: the first ops convert to float and normalise with the mean/std
 the run recorded, so a consumer needs no preprocessing constants and cannot get them wrong. (Apply
-analysis/image_files.py's crop/resize rule to other sizes first; softmax the logits for
+analysis/model_use/image_files.py's crop/resize rule to other sizes first; softmax the logits for
 probabilities.) The batch dimension is dynamic in both formats.
 
   torchscript   torch.jit.script of the wrapper (scripted, not traced, so no shape is baked in);
@@ -80,7 +80,7 @@ class ExportResult:
 
 def normalizing_model(model, mean: np.ndarray, std: np.ndarray):
     """`model` behind a first step that turns uint8 NCHW into the normalised float input."""
-    from analysis.normalized_model import NormalizedModel
+    from analysis.model_use.normalized_model import NormalizedModel
 
     return NormalizedModel(model, mean, std).eval()
 

@@ -37,7 +37,7 @@ def ensure_run_outputs(run: RunDir, explain_count: int = 20, log: Log = lambda m
     files = AnalysisFiles.of(run)
     ensured = Ensured()
     if not all(p.is_file() for p in files.evaluate_files()):
-        from analysis.evaluate import evaluate
+        from analysis.inspection.evaluate import evaluate
 
         log(f"report: {run.analysis_dir.name}/{files.evaluation.name} is missing; running evaluate")
         try:
@@ -46,7 +46,7 @@ def ensure_run_outputs(run: RunDir, explain_count: int = 20, log: Log = lambda m
         except UserError as exc:
             ensured.failures["evaluation"] = f"per-class accuracy could not be computed: {exc}"
     if not all(p.is_file() for p in files.explain_files(CAM_METHOD, CAM_LAYERS)):
-        from analysis.explain import explain
+        from analysis.inspection.explain import explain
 
         log(f"report: Grad-CAM figures are missing; running explain for layers {', '.join(map(str, CAM_LAYERS))}")
         try:
@@ -62,7 +62,7 @@ def ensure_compare_outputs(folder: Path, log: Log = lambda m: None) -> Ensured:
     figure, table = compare_folder.figure_path(folder), compare_folder.table_json_path(folder)
     ensured = Ensured()
     if not (figure.is_file() and table.is_file()):
-        from analysis.comparison import write_comparison
+        from analysis.compare.tables import write_comparison
 
         log(f"report: {folder.name}/{table.name} or {figure.name} is missing; rebuilding them from the runs")
         result = write_comparison(folder)

@@ -1,9 +1,9 @@
 """`report`: one self-contained HTML page for a run, or for a compare folder.
 
 Three steps, in order: check the folder can be reported, ensure the analysis outputs the page
-shows exist (analysis/ensure.py runs `evaluate` / `explain`, or rebuilds a compare folder's
-comparison, for what is missing), then render, which only reads (analysis/run_page.py,
-analysis/compare_page.py, markup from analysis/html.py).
+shows exist (analysis/report/ensure.py runs `evaluate` / `explain`, or rebuilds a compare folder's
+comparison, for what is missing), then render, which only reads (analysis/report/run_page.py,
+analysis/report/compare_page.py, markup from analysis/report/html.py).
 
 Images are embedded as data: URIs, the CSS is inline and a Content-Security-Policy forbids any
 fetch, so the single file opens offline. It is written atomically (default <folder>/report.html).
@@ -16,8 +16,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from analysis.html import Document, image_count, page
 from analysis.outputs import REPORT_FILE, report_path
+from analysis.report.html import Document, image_count, page
 from common import compare_folder
 from common.atomic import write_text
 from common.errors import UserError
@@ -58,16 +58,16 @@ def make_report(target: str | Path | None = None, out: str | Path | None = None,
 
 def _document(folder: Path, out_path: Path, explain_count: int, log: Log) -> tuple[str, Document, list[Path]]:
     """Check, ensure, render: the page's kind, its document and the analysis outputs made for it."""
-    from analysis.ensure import ensure_compare_outputs, ensure_run_outputs
+    from analysis.report.ensure import ensure_compare_outputs, ensure_run_outputs
 
     if compare_folder.is_compare_dir(folder):
-        from analysis.compare_page import compare_document
+        from analysis.report.compare_page import compare_document
 
         record = compare_folder.read_compare(folder)
         ensured = ensure_compare_outputs(folder, log)
         return "compare", compare_document(folder, record, out_path), ensured.made
 
-    from analysis.run_page import read_run, run_document
+    from analysis.report.run_page import read_run, run_document
 
     run = RunDir(folder)
     records = read_run(run)

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from analysis.seed_stats import (
+from analysis.compare.stats import (
     INTERVAL_NOTE,
     METRIC_TITLES,
     NO_DIFFERENCE,

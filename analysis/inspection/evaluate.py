@@ -12,9 +12,9 @@ from pathlib import Path
 
 import numpy as np
 
+from analysis.inspection.test_predictions import get_predictions
 from analysis.loading import load_model, load_test_set, open_run
 from analysis.outputs import AnalysisFiles
-from analysis.predictions import get_predictions
 from common.atomic import write_json
 from common.rundir import Predictions
 
@@ -87,7 +87,7 @@ def evaluate(run_dir: str | Path | None = None, which: str = "best", recompute: 
     pred, source = get_predictions(inputs, model, images, labels, recompute=recompute, log=log)
     plain = None
     if tta:
-        from analysis.predictions import predict_probs
+        from analysis.inspection.test_predictions import predict_probs
 
         log(f"computing flip-TTA predictions for {len(images):,} test images on the CPU (two passes)")
         plain = float((pred.preds == pred.labels).mean()) if len(pred.labels) else 0.0

@@ -1,12 +1,12 @@
 """A compare folder's report page: the overlay figure, the table of best / final accuracy per run,
 the shared settings, and a card per run linking to its own report. With several seeds per norm it
 also shows the per-norm mean ± sd over the seeds and the paired differences between norms with
-their 95% intervals and verdicts (analysis/seed_stats.py), and the figure's band.
+their 95% intervals and verdicts (analysis/compare/stats.py), and the figure's band.
 
-It reads compare.json (common/compare_folder.py), comparison.json/.png (analysis/comparison.py,
-made beforehand by analysis/ensure.py when missing) and each run's summary.json and metrics.csv.
+It reads compare.json (common/compare_folder.py), comparison.json/.png (analysis/compare/tables.py,
+made beforehand by analysis/report/ensure.py when missing) and each run's summary.json and metrics.csv.
 Links are relative to the page, so the folder can be moved as a whole. Markup comes only from
-analysis/html.py.
+analysis/report/html.py.
 """
 
 from __future__ import annotations
@@ -16,7 +16,8 @@ import urllib.parse
 from pathlib import Path
 from typing import Any
 
-from analysis.comparison import (
+from analysis.compare.stats import INTERVAL_NOTE, METRIC_TITLES, NO_DIFFERENCE
+from analysis.compare.tables import (
     BEST_NOTE,
     VALIDATION,
     ComparisonRow,
@@ -27,7 +28,8 @@ from analysis.comparison import (
     read_table,
     seed_count_text,
 )
-from analysis.html import (
+from analysis.outputs import REPORT_FILE, report_path
+from analysis.report.html import (
     Document,
     Raw,
     Section,
@@ -43,8 +45,6 @@ from analysis.html import (
     status_badge,
     table,
 )
-from analysis.outputs import REPORT_FILE, report_path
-from analysis.seed_stats import INTERVAL_NOTE, METRIC_TITLES, NO_DIFFERENCE
 from common import compare_folder
 from common.compare_folder import CompareRecord
 from common.format import duration, flatten, percent, value_text

@@ -3,8 +3,8 @@
 Sections: the run configuration, the data it was trained on, training curves and the metrics
 table, per-class accuracy with the confusion matrix, the misclassified gallery with Grad-CAM at
 layers 3 and 4 and their faithfulness scores, and throughput per epoch (plus <run>/bench.json).
-Missing analysis outputs are made beforehand (analysis/ensure.py); what is still missing is shown
-as a note and listed in the document's notes. Markup comes only from analysis/html.py.
+Missing analysis outputs are made beforehand (analysis/report/ensure.py); what is still missing is shown
+as a note and listed in the document's notes. Markup comes only from analysis/report/html.py.
 """
 
 from __future__ import annotations
@@ -14,9 +14,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from analysis.ensure import CAM_LAYERS, CAM_METHOD
 from analysis.figures import curves_figure, figure_png, throughput_figure
-from analysis.html import (
+from analysis.outputs import BENCH_FILE, AnalysisFiles, bench_path, read_json
+from analysis.report.ensure import CAM_LAYERS, CAM_METHOD
+from analysis.report.html import (
     Document,
     Raw,
     Section,
@@ -34,7 +35,6 @@ from analysis.html import (
     status_badge,
     table,
 )
-from analysis.outputs import BENCH_FILE, AnalysisFiles, bench_path, read_json
 from common.config import TrainConfig
 from common.errors import UserError
 from common.format import duration, flatten, percent, value_text

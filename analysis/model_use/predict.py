@@ -1,6 +1,6 @@
 """`predict`: classify the user's own image files with a trained run, optionally with Grad-CAM.
 
-Images are read by analysis/image_files.py (its docstring states the crop/resize/alpha rule),
+Images are read by analysis/model_use/image_files.py (its docstring states the crop/resize/alpha rule),
 normalised with the mean/std the run recorded in config.json and named with its class list, so a
 CIFAR-10 test image saved as PNG gets `evaluate`'s prediction (same top-1, probabilities within
 1e-5: only the memory layout differs, see forward_probs). Work is done in
@@ -22,8 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
-from analysis.image_files import RULE, ImageInfo, collect_images, read_many
 from analysis.loading import RunInputs, open_run, resolve_run, to_model_input
+from analysis.model_use.image_files import RULE, ImageInfo, collect_images, read_many
 from common.atomic import write_json
 from common.errors import UserError
 from common.timing import Timings
@@ -230,18 +230,18 @@ def plot_prediction_cams(pred: ImagePrediction, image: np.ndarray, cams: np.ndar
     like `explain`'s; the first tile shows the user's picture at a readable size.
     """
     from analysis.figures import FONT, save_figure
-    from analysis.gallery import PT, SCALE, _draw, _Grid, _upscale_nearest, overlay
-    from analysis.image_files import SIZE, readable_crop
+    from analysis.gallery import PT, SCALE, Grid, draw, overlay, upscale_nearest
+    from analysis.model_use.image_files import SIZE, readable_crop
 
     tile = SIZE * SCALE
-    grid = _Grid(rows=1, cols=1 + len(layers), tile=tile, gap=28)
+    grid = Grid(rows=1, cols=1 + len(layers), tile=tile, gap=28)
     grid.header = int(5.0 * FONT * PT)  # two title lines: the file and verdict, then the run
     grid.margin = max(grid.margin, (520 - (grid.width - 2 * grid.margin)) // 2)  # room for the title
     canvas = np.full((grid.height, grid.width, 3), 255, dtype=np.uint8)
     try:
         shown = readable_crop(pred.file, tile)
     except OSError:  # the file changed since it was read: show what the model saw instead
-        shown = _upscale_nearest(image, SCALE)
+        shown = upscale_nearest(image, SCALE)
     y = grid.y0(0)
     canvas[y:y + tile, grid.x0(0):grid.x0(0) + tile] = shown
     w, h = pred.info.size
@@ -255,7 +255,7 @@ def plot_prediction_cams(pred: ImagePrediction, image: np.ndarray, cams: np.ndar
         texts.append((x + tile // 2, y, f"layer{layer} ({rh}×{rw} map)\nGrad-CAM of {cls}{empty}"))
     name = pred.file.name if len(pred.file.name) <= 40 else pred.file.name[:37] + "…"
     title = f"{name} → {cls} {100 * prob:.0f}%\nrun {inputs.name}, {inputs.which}.pt"
-    return save_figure(_draw(grid, canvas, texts, title), path)
+    return save_figure(draw(grid, canvas, texts, title), path)
 
 
 def to_json(result: PredictResult) -> dict:

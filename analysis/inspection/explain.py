@@ -13,12 +13,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from analysis.faithfulness import BETTER, METRIC_NAME, describe
 from analysis.gradcam import SLOW_METHODS, check_layers, check_method
+from analysis.inspection.faithfulness import BETTER, METRIC_NAME, describe
+from analysis.inspection.selection import confidence, select_misclassified
+from analysis.inspection.test_predictions import get_predictions
 from analysis.loading import RunInputs, load_model, load_test_set, open_run, to_model_input
 from analysis.outputs import AnalysisFiles
-from analysis.predictions import get_predictions
-from analysis.selection import confidence, select_misclassified
 from common.atomic import write_json
 from common.config import MAX_SEED
 from common.errors import UserError
@@ -27,10 +27,10 @@ from common.timing import Timings
 if TYPE_CHECKING:
     import numpy as np
 
-    from analysis.faithfulness import RoadScores
+    from analysis.inspection.faithfulness import RoadScores
 
 TARGETS = ("predicted", "true")
-ROAD_PERCENTILE = 50  # remove half the pixels; see analysis/faithfulness.py for the cost
+ROAD_PERCENTILE = 50  # remove half the pixels; see analysis/inspection/faithfulness.py for the cost
 
 Log = Callable[[str], None]
 
@@ -129,8 +129,8 @@ def explain(run_dir: str | Path | None = None, layers: Sequence[int] = (3,), cou
     with timings.phase("import_grad_cam"):
         import pytorch_grad_cam  # noqa: F401  (seconds cold: torchvision, cv2, scipy; timed apart)
 
-        from analysis.faithfulness import road_scores
         from analysis.gradcam import compute_cams, target_block
+        from analysis.inspection.faithfulness import road_scores
 
     if method in SLOW_METHODS:
         log(f"{method} runs one forward pass per channel and image: expect minutes on a CPU")
@@ -149,7 +149,7 @@ def explain(run_dir: str | Path | None = None, layers: Sequence[int] = (3,), cou
         result.seconds = lap.seconds
         results.append(result)
     if (inputs.run.path / "tb").is_dir():  # the run logs to TensorBoard: show the figures there too
-        from analysis.tensorboard_images import add_figures
+        from analysis.inspection.tensorboard_images import add_figures
 
         summary = inputs.run.read_summary()
         step = (summary.best_epoch if inputs.which == "best" else summary.epochs_done) or 0

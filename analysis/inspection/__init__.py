@@ -1,0 +1,1 @@
+"""Looking inside a trained run: misclassified images, CAM heat maps, accuracy and confusions."""
