@@ -13,11 +13,13 @@ setup:
 	bash scripts/setup.sh
 
 # Lint (ruff: pyflakes, pycodestyle, import order, bugbear, pyupgrade) and types (mypy) before the tests;
-# both are pinned in requirements.lock and configured in pyproject.toml.
+# both are pinned in requirements.lock and configured in pyproject.toml. The tests run in TEST_WORKERS
+# pytest-xdist processes (2: the CI box's cores; most tests are one thread or wait on a subprocess).
+TEST_WORKERS ?= 2
 test: setup
 	$(PY) -m ruff check .
 	$(PY) -m mypy
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q -n $(TEST_WORKERS) tests
 
 # prepare → train → explain → evaluate. SOURCE empty = download the official archive.
 run: setup

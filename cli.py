@@ -201,6 +201,7 @@ def summary(
     groups: int = typer.Option(32, help="Groups for --norm group."),
     shortcut_norm: str | None = typer.Option(None, help="Norm of the 3 projection shortcuts: same, layer, group, batch (default: the train default, batch)."),
     zero_init: bool = typer.Option(True, "--zero-init/--no-zero-init", help="Zero-init the last norm of each block."),
+    width: int = typer.Option(64, help="Channels of the first stage (64: ResNet-18 as published)."),
     recipe: str | None = typer.Option(None, help="Describe a recipe's model instead (e.g. assignment)."),
 ) -> None:
     """Print the model's per-layer table (output shape, parameters) and totals."""
@@ -211,7 +212,7 @@ def summary(
     if recipe is not None:
         model_cfg = apply_recipe(TrainConfig(), recipe).model
     else:
-        model_cfg = ModelConfig(norm=norm, groups=groups, zero_init=zero_init)
+        model_cfg = ModelConfig(norm=norm, groups=groups, zero_init=zero_init, width=width)
         model_cfg.shortcut_norm = shortcut_norm or model_cfg.shortcut_norm
     model_cfg.validate()  # an unknown --norm or --shortcut-norm is one line, before anything is printed
     typer.echo(describe_norms(model_cfg))

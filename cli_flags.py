@@ -74,6 +74,9 @@ FLAGS: tuple[Flag, ...] = (
     Flag("groups", ("model", "groups"), int | None, "Groups for --norm group."),
     Flag("shortcut_norm", ("model", "shortcut_norm"), str | None,
          "Norm of the 3 projection shortcuts: same (as --norm), layer, group or batch (the original assignment's)."),
+    Flag("width", ("model", "width"), int | None,
+         "Channels of the first stage (the stages have 1, 2, 4, 8 × this); 64 is ResNet-18 as published. "
+         "Smaller trains faster and learns less: for smoke runs."),
     Flag("zero_init", ("model", "zero_init"), bool | None,
          "Zero-init the last norm of each residual block.", ("--zero-init/--no-zero-init",)),
     Flag("recipe", None, str | None, f"A named preset ({', '.join(RECIPES)}); 'assignment' is the original "

@@ -26,6 +26,7 @@ MAX_EPOCHS = 10_000
 MAX_BATCH = 65_536
 MAX_COUNT = 1_000_000_000  # images (--subset, --test-subset, --val) and steps (--max-steps, --warmup-steps)
 MAX_WORKERS = 1024
+MAX_WIDTH = 1024  # channels of the first stage (the last has 8 times as many)
 MAX_SEED = 2**32 - 1
 
 
@@ -93,6 +94,10 @@ class ModelConfig:
     # Zero-init the last norm's scale in each residual block (Goyal et al. 2017, timm's zero_init_last):
     # with BatchNorm shortcuts it speeds up the first epochs (same section of docs/BENCHMARKS.md).
     zero_init: bool = True
+    # Channels of the first stage; the four stages have 1, 2, 4 and 8 times as many. 64 is ResNet-18
+    # as published (11.2M parameters); a smaller width trains faster and learns less (smoke runs,
+    # and the test suite's runs, which exercise the training machinery rather than the network).
+    width: int = 64
     num_classes: int = 10  # set from the prepared data's class list (an image folder may have any number)
 
     def validate(self) -> None:
@@ -100,11 +105,13 @@ class ModelConfig:
             raise UserError(f"unknown norm {self.norm!r}; choose one of {', '.join(NORMS)}")
         if self.shortcut_norm not in ("same", *NORMS):
             raise UserError(f"unknown --shortcut-norm {self.shortcut_norm!r}; choose same, {', '.join(NORMS)}")
+        if not 1 <= self.width <= MAX_WIDTH:
+            raise UserError(f"--width must be between 1 and {MAX_WIDTH} (64: ResNet-18 as published), got {self.width}")
         if self.norm == "group":
-            for width in (64, 128, 256, 512):
-                if self.groups < 1 or width % self.groups:
-                    raise UserError(f"--groups must divide 64, 128, 256 and 512 (e.g. 8, 16, 32), "
-                                    f"got {self.groups}")
+            stages = [self.width * k for k in (1, 2, 4, 8)]
+            if self.groups < 1 or any(channels % self.groups for channels in stages):
+                raise UserError(f"--groups must divide every stage's channels ({', '.join(map(str, stages))}; "
+                                f"e.g. 8, 16, 32 at width 64), got {self.groups}")
 
 
 @dataclass

@@ -58,17 +58,17 @@ class BasicBlock(nn.Module):
 
 class ResNet(nn.Module):
     def __init__(self, num_blocks: tuple[int, int, int, int], norm: NormFactory, num_classes: int = 10,
-                 shortcut_norm: NormFactory | None = None, zero_init: bool = True):
+                 shortcut_norm: NormFactory | None = None, zero_init: bool = True, width: int = 64):
         super().__init__()
         self.shortcut_norm = shortcut_norm
-        self.in_planes = 64
-        self.conv1 = nn.Conv2d(3, 64, 3, stride=1, padding=1, bias=False)
-        self.bn1 = norm(64)
-        self.layer1 = self._make_layer(64, num_blocks[0], 1, norm)
-        self.layer2 = self._make_layer(128, num_blocks[1], 2, norm)
-        self.layer3 = self._make_layer(256, num_blocks[2], 2, norm)
-        self.layer4 = self._make_layer(512, num_blocks[3], 2, norm)
-        self.linear = nn.Linear(512, num_classes)
+        self.in_planes = width
+        self.conv1 = nn.Conv2d(3, width, 3, stride=1, padding=1, bias=False)
+        self.bn1 = norm(width)
+        self.layer1 = self._make_layer(width, num_blocks[0], 1, norm)
+        self.layer2 = self._make_layer(2 * width, num_blocks[1], 2, norm)
+        self.layer3 = self._make_layer(4 * width, num_blocks[2], 2, norm)
+        self.layer4 = self._make_layer(8 * width, num_blocks[3], 2, norm)
+        self.linear = nn.Linear(8 * width, num_classes)
         for m in self.modules():
             if zero_init and isinstance(m, BasicBlock):
                 # Each residual branch starts as zero, so the net starts as a shallow identity-like
@@ -92,15 +92,16 @@ class ResNet(nn.Module):
 
 
 def ResNet18(norm: str = "layer", groups: int = 32, num_classes: int = 10, shortcut_norm: str = "same",
-             zero_init: bool = True) -> ResNet:
+             zero_init: bool = True, width: int = 64) -> ResNet:
+    """`width`: channels of the first stage (64 as published); the stages have 1, 2, 4, 8 × width."""
     shortcut = None if shortcut_norm in ("same", norm) else norm_factory(shortcut_norm, groups)
-    return ResNet((2, 2, 2, 2), norm_factory(norm, groups), num_classes, shortcut, zero_init)
+    return ResNet((2, 2, 2, 2), norm_factory(norm, groups), num_classes, shortcut, zero_init, width)
 
 
 def build_model(cfg: ModelConfig) -> ResNet:
     cfg.validate()
     return ResNet18(cfg.norm, cfg.groups, num_classes=cfg.num_classes, shortcut_norm=cfg.shortcut_norm,
-                    zero_init=cfg.zero_init)
+                    zero_init=cfg.zero_init, width=cfg.width)
 
 
 def count_parameters(model: nn.Module) -> int:

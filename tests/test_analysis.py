@@ -65,16 +65,17 @@ def test_arrays(data_dir) -> tuple[np.ndarray, np.ndarray]:
 
 
 _STATE: dict[str, dict] = {}
+WIDTH = 8  # the runs built here have the default model at `--width 8`: the same layers, 1/63 of the cost
 
 
 def model_state(norm: str = "layer") -> dict:
-    """One untrained ResNet-18 state per norm (the default model, as `train` builds it), shared by
-    every run built here (seeded)."""
+    """One untrained ResNet-18 state per norm (the default model at WIDTH, as `train --width 8`
+    builds it), shared by every run built here (seeded)."""
     if norm not in _STATE:
         from models import build_model
 
         torch.manual_seed(0)
-        _STATE[norm] = build_model(ModelConfig(norm=norm)).state_dict()
+        _STATE[norm] = build_model(ModelConfig(norm=norm, width=WIDTH, groups=WIDTH)).state_dict()
     return _STATE[norm]
 
 
@@ -97,7 +98,7 @@ def make_run(path: Path, data_dir: Path, *, norm: str = "layer", weights_norm: s
     path.mkdir(parents=True, exist_ok=True)
     cfg = TrainConfig()
     cfg.data.data_dir = str(data_dir)
-    cfg.model.norm = norm
+    cfg.model.norm, cfg.model.width, cfg.model.groups = norm, WIDTH, WIDTH
     cfg.data.test_subset = test_subset
     run.write_config({
         "train": cfg.to_dict(),

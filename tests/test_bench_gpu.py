@@ -12,7 +12,7 @@ from bench.gpu import bench_gpu, compile_decision, device_memory, format_decisio
 def test_bench_gpu_runs_every_section_on_cpu(prepared_dir):
     lines: list[str] = []
     out = bench_gpu(prepared_dir, steps=1, epochs=1, compile=False, norms=("layer", "batch"), subset=256,
-                    test_subset=50, max_steps=1, device="cpu", log=lines.append)
+                    test_subset=50, max_steps=1, device="cpu", batch_size=16, log=lines.append)
     grid = {(r["norm"], r["format"], r["mode"]) for r in out["model_only"]}
     assert grid == {(n, f, "eager") for n in ("layer", "batch") for f in ("channels-last", "NCHW")}
     assert all(r["img_s"] > 0 for r in out["model_only"])

@@ -148,7 +148,7 @@ def test_the_commands_that_read_test_npz_say_so_in_one_line(tmp_path):
 @pytest.mark.parametrize("args, words", [
     (["--norm", "foo"], "unknown norm 'foo'; choose one of layer, group, batch"),
     (["--shortcut-norm", "foo"], "unknown --shortcut-norm 'foo'; choose same, layer, group, batch"),
-    (["--norm", "group", "--groups", "7"], "--groups must divide 64"),
+    (["--norm", "group", "--groups", "7"], "--groups must divide every stage's channels (64, 128, 256, 512"),
 ])
 def test_summary_refuses_unknown_norms_in_one_line(args, words):
     result = invoke("summary", *args)

@@ -155,7 +155,8 @@ def test_cli_refuses_to_resume_a_comparison_with_other_settings(compared, prepar
     result, _ = compared
     before = (result.folder / "compare.json").read_text()
     proc = cli("compare", "--norms", "batch,layer", "--data", str(prepared_dir), "--run", str(result.folder),
-               "--epochs", "5", "--subset", "64", "--test-subset", "50", "--batch-size", "32", "--device", "cpu")
+               "--epochs", "5", "--subset", "64", "--test-subset", "50", "--batch-size", "32", "--device", "cpu",
+               "--width", "8", "--groups", "8")
     assert_one_clear_error(proc, "already holds a comparison with other settings", "optim.epochs 2 → 5")
     assert (result.folder / "compare.json").read_text() == before
 

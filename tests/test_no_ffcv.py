@@ -176,7 +176,7 @@ def test_a_short_training_run_without_ffcv(bare_data, tmp_path):
     out, _ = bare_data
     run = tmp_path / "run"
     argv = ["cli.py", "train", "--data", str(out), "--run", str(run), "--epochs", "1", "--batch-size", "50",
-            "--test-subset", "20", "--device", "cpu", "--quiet"]
+            "--test-subset", "20", "--width", "8", "--device", "cpu", "--quiet"]
     code = (f"sys.path.insert(0, {str(ROOT)!r})\nsys.argv = {argv!r}\nimport cli\n"
             "try:\n    cli.main()\nexcept SystemExit as exc:\n    assert not exc.code, exc.code\n"
             "assert sys.modules['ffcv'] is None\n")

@@ -27,8 +27,11 @@ from models.loading import load_run_model
 from tests.test_train import assert_one_clear_error, cli, metrics_without_timing, run_train, tiny_config
 
 ROOT = Path(__file__).resolve().parents[1]
-TRAIN_ARGS = ("--epochs", "2", "--batch-size", "32", "--subset", "256", "--test-subset", "50",
-              "--device", "cpu", "--quiet", "--workers", "2")
+# Each `cli.py train` here is a fresh process: at width 8 on the torch loader it starts in ~4 s (import
+# torch) instead of ~12 s (FFCV compiles its numba functions on import, uncached); the FFCV path's
+# exact resume is tested in-process (tests/test_train.py).
+TRAIN_ARGS = ("--epochs", "2", "--batch-size", "32", "--subset", "256", "--test-subset", "50", "--width", "8",
+              "--loader", "torch", "--device", "cpu", "--quiet", "--workers", "2")
 
 
 def train_argv(data: Path, run: Path) -> list[str]:
@@ -83,13 +86,38 @@ def reference(tmp_path_factory, prepared_dir) -> Path:
 
 # ---- 2. kill and resume ---------------------------------------------------------------------------
 
+CHILD_PAUSING_IN_EPOCH_2 = """
+import sys, time
+sys.path.insert(0, {root!r})
+import training.epoch
+real_step = training.epoch._optimizer_step
+calls = 0
+
+def pausing_step(parts, factor):
+    global calls
+    real_step(parts, factor)
+    calls += 1
+    if calls == 11:  # epoch 2's 4th step (7 steps of 32 an epoch: 231 images beside the validation split)
+        print("INEPOCH2", flush=True)
+        time.sleep(2)  # the signal arrives here; the step boundary after it must stop the run
+
+training.epoch._optimizer_step = pausing_step
+sys.argv = {argv!r}
+import cli
+cli.main()
+"""
+
+
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
 def test_sigint_sigterm_save_the_current_state_and_resume_exactly(sig, reference, prepared_dir, tmp_path):
     run = tmp_path / "run"
-    proc = subprocess.Popen(train_argv(prepared_dir, run), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    wait_for(lambda: RunDir(run).read_summary().epochs_done >= 1, proc)
-    time.sleep(1.0)
-    proc.send_signal(sig)  # lands in epoch 2: 8 steps of ~0.5 s and a test pass
+    script = CHILD_PAUSING_IN_EPOCH_2.format(root=str(ROOT), argv=train_argv(prepared_dir, run)[1:])
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    line = proc.stdout.readline()
+    while line and "INEPOCH2" not in line:
+        line = proc.stdout.readline()
+    assert "INEPOCH2" in line, proc.communicate()[1]
+    proc.send_signal(sig)  # a real signal, in the middle of epoch 2
     out, err = proc.communicate(timeout=300)
     assert proc.returncode == 130, err
     assert "Traceback" not in err
@@ -97,7 +125,7 @@ def test_sigint_sigterm_save_the_current_state_and_resume_exactly(sig, reference
     assert len(lines) == 1 and f"{sig.name}: stopped in epoch 2 after step" in lines[0], err
     assert f"python cli.py train --resume {run}" in lines[0]
     state = RunDir(run).load_checkpoint("last")
-    assert state["epoch"] == 1 and state["partial"]["epoch"] == 1 and 1 <= state["partial"]["step"] <= 8
+    assert state["epoch"] == 1 and state["partial"]["epoch"] == 1 and state["partial"]["step"] == 4
     assert RunDir(run).read_summary().status == "interrupted"
 
     done = resume(run)
@@ -321,7 +349,7 @@ def small_fs(tmp_path):
 
 
 def test_too_little_space_is_refused_before_training(prepared_dir, small_fs):
-    fs = small_fs(40)
+    fs = small_fs(4)  # width 8 (tiny_config): checkpoints of ~2.4 MB, three needed
     with pytest.raises(UserError, match=r"MB free but checkpoints need about \d+ MB"):
         run_train(tiny_config(prepared_dir, fs / "run"))
     assert not (fs / "run").exists()
@@ -341,7 +369,7 @@ def _stop_after_epoch_1(action, run: Path):
 
 
 def test_a_disk_that_fills_up_mid_run_keeps_the_previous_checkpoint(prepared_dir, small_fs):
-    fs = small_fs(300)  # room for last.pt + best.pt + one temp copy (~270 MB), as the pre-check asks
+    fs = small_fs(20)  # room for last.pt + best.pt + one temp copy (~7 MB at width 8), as the pre-check asks
 
     def fill() -> None:
         with open(fs / "filler", "wb") as fh:
@@ -358,7 +386,7 @@ def test_a_disk_that_fills_up_mid_run_keeps_the_previous_checkpoint(prepared_dir
 
 
 def test_a_disk_that_turns_read_only_mid_run_keeps_the_previous_checkpoint(prepared_dir, small_fs):
-    fs = small_fs(300)
+    fs = small_fs(20)
 
     def remount_ro() -> None:
         subprocess.run(["mount", "-o", "remount,ro", str(fs)], check=True)
@@ -379,7 +407,7 @@ def test_a_disk_that_turns_read_only_mid_run_keeps_the_previous_checkpoint(prepa
 
 
 def test_a_read_only_output_location_is_refused_up_front(prepared_dir, small_fs):
-    fs = small_fs(300)
+    fs = small_fs(20)
     subprocess.run(["mount", "-o", "remount,ro", str(fs)], check=True)
     proc = cli("train", "--data", str(prepared_dir), "--run", str(fs / "run"), *TRAIN_ARGS)
     assert_one_clear_error(proc, str(fs / "run"))

@@ -141,7 +141,7 @@ def test_makefile_targets():
     text = (ROOT / "Makefile").read_text()
     for target in ("setup:", "test: setup", "run: setup", "clean:"):
         assert re.search(rf"^{re.escape(target)}", text, re.M), target
-    assert "-m pytest -q tests" in text
+    assert "-m pytest -q -n $(TEST_WORKERS) tests" in text  # the whole suite, on pytest-xdist workers
     assert "scripts/setup.sh" in text
 
 

@@ -97,7 +97,8 @@ def test_cli_rejects_non_finite_numbers(prepared_dir, tmp_path, value):
 def test_resume_takes_new_environment_flags_and_refuses_recipe_flags(prepared_dir, tmp_path):
     run = tmp_path / "r"
     first = cli("train", "--data", str(prepared_dir), "--run", str(run), "--epochs", "1", "--subset", "64",
-                "--batch-size", "32", "--test-subset", "20", "--device", "cpu", "--quiet", "--workers", "2")
+                "--batch-size", "32", "--test-subset", "20", "--width", "8", "--loader", "torch", "--device", "cpu", "--quiet",
+                "--workers", "2")
     assert first.returncode == 0, first.stderr
     assert_one_clear_error(cli("train", "--resume", str(run), "--epochs", "2", "--lr", "0.1"), "--lr", "resum")
     again = cli("train", "--resume", str(run), "--epochs", "2", "--workers", "1", "--quiet")
@@ -111,7 +112,7 @@ def test_resume_takes_new_environment_flags_and_refuses_recipe_flags(prepared_di
 def test_a_second_process_on_a_training_run_is_refused(prepared_dir, tmp_path):
     run = tmp_path / "busy"
     args = [*train_argv(prepared_dir, run)]
-    args[args.index("--epochs") + 1] = "30"  # long enough to still be running
+    args[args.index("--epochs") + 1] = "1000"  # still running when the second process starts (killed below)
     proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         wait_for(lambda: RunDir(run).has_checkpoint("last"), proc)
@@ -134,7 +135,8 @@ def test_torchrun_compare_with_batchnorm_finishes_in_sync(prepared_dir, tmp_path
     if not torchrun.is_file():
         pytest.skip("torchrun is not installed beside this Python")
     folder = tmp_path / "cmp"
-    args = ["--epochs", "1", "--batch-size", "32", "--subset", "256", "--test-subset", "50", "--device", "cpu",
+    args = ["--epochs", "1", "--batch-size", "32", "--subset", "256", "--test-subset", "50", "--width", "8",
+            "--loader", "torch", "--device", "cpu",
             "--quiet", "--workers", "1"]  # one loader thread per rank on 2 cores
     proc = subprocess.run([str(torchrun), "--standalone", "--nproc_per_node=2", str(ROOT / "cli.py"), "compare",
                            "--norms", "batch,layer", "--data", str(prepared_dir), "--run-dir", str(folder), *args],

@@ -199,10 +199,11 @@ def _header(run: RunDir, cfg: TrainConfig, setup: Any, ctx: Any, loaders: Any, s
     ranks = (f" × {ctx.world} processes ({ctx.backend}, global batch {ctx.world * cfg.optim.batch_size})"
              if ctx.enabled else "")
     shortcut = "" if cfg.model.shortcut_norm in ("same", cfg.model.norm) else f", {cfg.model.shortcut_norm}-norm shortcuts"
+    width = "" if cfg.model.width == 64 else f", width {cfg.model.width}"
     start = state.epoch + 1
     partial = f" (epoch {start} from step {state.partial.step + 1})" if state.partial else ""
     note = f"; {setup.note}" if setup.note else ""
-    return (f"run {run.path}: ResNet-18 ({cfg.model.norm} norm{shortcut}) on {setup.describe()}{ranks}; "
+    return (f"run {run.path}: ResNet-18 ({cfg.model.norm} norm{shortcut}{width}) on {setup.describe()}{ranks}; "
             f"{loaders.train.info.count:,} train / {loaders.test.info.count:,} test images"
             + _decides(cfg, loaders.val)
             + f", {steps} steps/epoch of "
