@@ -110,3 +110,17 @@ def test_scheduler_drops_lr_after_patience_epochs_without_improvement():
     assert lrs[:4] == [0.03] * 4  # epochs 3 and 4 are the two of patience
     assert lrs[4] == pytest.approx(0.003)  # third non-improving epoch → drop
     assert lrs[5] == pytest.approx(0.003)
+
+
+def test_width_scales_every_stage_and_is_checked():
+    """`--width N`: stages of N, 2N, 4N, 8N channels, the same layers; out-of-range widths and
+    group counts that do not divide every stage are one clear error."""
+    model = build_model(ModelConfig(width=8))
+    assert [model.layer1[0].conv1.out_channels, model.layer2[0].conv1.out_channels,
+            model.layer3[0].conv1.out_channels, model.linear.in_features] == [8, 16, 32, 64]
+    assert count_parameters(model) == 176_402
+    assert [n for n, _ in model.named_modules()] == [n for n, _ in build_model(ModelConfig()).named_modules()]
+    with pytest.raises(UserError, match="--width must be between 1 and"):
+        build_model(ModelConfig(width=0))
+    with pytest.raises(UserError, match=r"--groups must divide every stage's channels \(8, 16, 32, 64"):
+        build_model(ModelConfig(norm="group", width=8, groups=32))
