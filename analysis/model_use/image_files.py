@@ -95,9 +95,9 @@ def collect_images(specs: Sequence[str | os.PathLike]) -> Collected:
             seen.add(key)
             files.append(path)
 
-    for spec in specs:
-        text = os.fspath(spec)
-        path = Path(text)
+    def take(path: Path) -> bool:
+        """Add a file, or a folder's images; False when the path is neither."""
+        nonlocal ignored
         if path.is_file():
             add(path)
         elif path.is_dir():
@@ -105,19 +105,20 @@ def collect_images(specs: Sequence[str | os.PathLike]) -> Collected:
             ignored += skipped
             for p in found:
                 add(p)
-        elif glob.has_magic(text):
+        else:
+            return False
+        return True
+
+    for spec in specs:
+        text = os.fspath(spec)
+        if take(Path(text)):
+            continue
+        if glob.has_magic(text):
             matches = sorted(expand_glob(text))
             if not matches:
                 missing.append(text)
             for match in matches:
-                m = Path(match)
-                if m.is_file():
-                    add(m)
-                elif m.is_dir():
-                    found, skipped = _walk(m)
-                    ignored += skipped
-                    for p in found:
-                        add(p)
+                take(Path(match))
         else:
             missing.append(text)
     return Collected(files, missing, ignored)
