@@ -67,6 +67,14 @@ def wait_for(predicate, proc: subprocess.Popen, timeout: float = 300) -> None:
         time.sleep(0.02)
 
 
+def read_until(proc: subprocess.Popen, marker: str) -> None:
+    """Read the child's stdout until a line holds `marker`; fail with its stderr if it ends first."""
+    line = proc.stdout.readline()
+    while line and marker not in line:
+        line = proc.stdout.readline()
+    assert marker in line, proc.communicate()[1]
+
+
 def epochs_done(run: Path) -> int:
     return len(RunDir(run).read_metrics()) if (run / "metrics.csv").is_file() else 0
 
@@ -113,10 +121,7 @@ def test_sigint_sigterm_save_the_current_state_and_resume_exactly(sig, reference
     run = tmp_path / "run"
     script = CHILD_PAUSING_IN_EPOCH_2.format(root=str(ROOT), argv=train_argv(prepared_dir, run)[1:])
     proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    line = proc.stdout.readline()
-    while line and "INEPOCH2" not in line:
-        line = proc.stdout.readline()
-    assert "INEPOCH2" in line, proc.communicate()[1]
+    read_until(proc, "INEPOCH2")
     proc.send_signal(sig)  # a real signal, in the middle of epoch 2
     out, err = proc.communicate(timeout=300)
     assert proc.returncode == 130, err
@@ -178,10 +183,7 @@ def test_sigkill_during_a_checkpoint_write_keeps_the_previous_one(reference, pre
     argv = train_argv(prepared_dir, run)[1:]
     script = CHILD_STALLING_IN_CHECKPOINT_WRITE.format(root=str(ROOT), argv=argv)
     proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    line = proc.stdout.readline()
-    while line and "MIDWRITE" not in line:
-        line = proc.stdout.readline()
-    assert "MIDWRITE" in line, proc.communicate()[1]
+    read_until(proc, "MIDWRITE")
     proc.kill()
     proc.communicate(timeout=60)
 
