@@ -3,6 +3,7 @@ test function in that file (a renamed test would otherwise leave the table point
 
 from __future__ import annotations
 
+import importlib.util
 import re
 import subprocess
 import sys
@@ -20,20 +21,30 @@ def test_reliability_table_cites_existing_tests():
     assert not missing, f"docs/RELIABILITY.md cites tests that do not exist: {missing}"
 
 
-def test_assignment_parity_figure_is_drawn_from_a_runs_metrics(tmp_path):
-    """docs/STUDIES.md's parity figure regenerates from any run's metrics.csv (the command it prints)."""
-    run = tmp_path / "run"
-    run.mkdir()
-    (run / "metrics.csv").write_text("epoch,train_loss,train_acc,test_loss,test_acc,lr,seconds,img_per_s,val_loss,val_acc\n"
+def test_beside_original_figure_is_drawn_from_runs_metrics_with_minutes(tmp_path):
+    """The time-to-accuracy figure (README, docs/STUDIES.md) regenerates from runs' metrics.csv: minutes
+    come from the run's cumulative wall_seconds, or, for runs older than that column, from the summed
+    per-epoch seconds; a folder without metrics.csv gets the usage line, not a traceback."""
+    new, old = tmp_path / "new", tmp_path / "old"
+    new.mkdir()
+    old.mkdir()
+    (new / "metrics.csv").write_text("epoch,train_loss,train_acc,test_loss,test_acc,lr,seconds,img_per_s,val_loss,val_acc,wall_seconds\n"
+                                     "1,2.0,0.30,1.8,0.35,0.001,290,180,,,300\n2,1.7,0.45,1.4,0.47,0.07,280,185,,,600\n")
+    (old / "metrics.csv").write_text("epoch,train_loss,train_acc,test_loss,test_acc,lr,seconds,img_per_s,val_loss,val_acc\n"
                                      "1,2.3,0.26,1.7,0.37,0.03,300,200,,\n2,1.5,0.43,1.4,0.48,0.03,300,200,,\n")
-    out = tmp_path / "fig" / "parity.png"
-    proc = subprocess.run([sys.executable, "scripts/assignment_parity.py", str(run), str(out)], cwd=ROOT,
+    spec = importlib.util.spec_from_file_location("beside_original", ROOT / "scripts" / "beside_original.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert module.read_curve(new) == ([1, 2], [35.0, 47.0], [30.0, 45.0], [5.0, 10.0])
+    assert module.read_curve(old)[3] == [5.0, 10.0]
+    out = tmp_path / "fig" / "tta.png"
+    proc = subprocess.run([sys.executable, "scripts/beside_original.py", str(out), str(new), str(old)], cwd=ROOT,
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert not list(out.parent.glob("*.tmp.png"))  # written atomically
-    proc = subprocess.run([sys.executable, "scripts/assignment_parity.py"], cwd=ROOT, capture_output=True,
-                          text=True, timeout=60)
+    proc = subprocess.run([sys.executable, "scripts/beside_original.py", str(out), str(tmp_path)], cwd=ROOT,
+                          capture_output=True, text=True, timeout=60)
     assert proc.returncode != 0 and proc.stderr.strip().startswith("usage:")
 
 
