@@ -41,17 +41,17 @@ row peak0.1 --recipe fast --seed 0 --peak-at 0.1
 row border-constant --recipe fast --seed 0 --border constant
 row base-s2 --recipe fast --seed 2
 "$py" - "$out" <<'PY'
-import csv, json, sys
+import sys
 from pathlib import Path
+from common.rundir import RunDir
 print("| row | flags beyond the proxy's | epochs | test acc | train acc |\n|---|---|---:|---:|---:|")
-for run in sorted(Path(sys.argv[1]).iterdir(), key=lambda p: p.stat().st_mtime):
-    if not (run / "metrics.csv").is_file():
-        continue
-    rows = list(csv.DictReader(open(run / "metrics.csv")))
+for path in sorted(Path(sys.argv[1]).iterdir(), key=lambda p: p.stat().st_mtime):
+    run = RunDir(path)
+    rows = run.read_metrics()
     if not rows:
         continue
-    command = json.loads((run / "config.json").read_text())["command"]
+    command = run.read_config()["command"]
     flags = " ".join(command[command.index("--run") + 2 :])
-    test, train = 100 * float(rows[-1]["test_acc"]), 100 * float(rows[-1]["train_acc"])
-    print(f"| {run.name} | `{flags}` | {rows[-1]['epoch']} | {test:.2f}% | {train:.2f}% |")
+    test, train = 100 * rows[-1]["test_acc"], 100 * rows[-1]["train_acc"]
+    print(f"| {path.name} | `{flags}` | {rows[-1]['epoch']} | {test:.2f}% | {train:.2f}% |")
 PY

@@ -13,10 +13,16 @@ without it: the per-epoch `seconds`), so they depend on the machine and on what 
 
 from __future__ import annotations
 
-import csv
-import json
+import math
 import sys
+from itertools import accumulate
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a file from the repo root
+
+from common.errors import UserError  # noqa: E402  (after the path line above)
+from common.figures import new_figure, save_figure  # noqa: E402
+from common.rundir import RunDir  # noqa: E402
 
 ORIGINAL_TEST = {1: 40.1, 2: 52.2, 3: 60.9, 4: 51.7, 5: 68.8, 8: 71.0, 9: 77.4, 10: 74.5}
 ORIGINAL_TRAIN = {1: 30.4, 2: 48.0, 3: 56.3}
@@ -25,37 +31,30 @@ ORIGINAL_40_EPOCHS = 88.56
 
 def read_curve(run: Path) -> tuple[list[int], list[float], list[float], list[float]]:
     """Epochs, test and train accuracy (%), and cumulative wall minutes at each epoch's end."""
-    with open(run / "metrics.csv", newline="") as f:
-        rows = list(csv.DictReader(f))
+    rows = RunDir(run).read_metrics()
     epochs = [int(r["epoch"]) for r in rows]
-    test = [100 * float(r["test_acc"]) for r in rows]
-    train = [100 * float(r["train_acc"]) for r in rows]
-    if rows and rows[0].get("wall_seconds"):
-        minutes = [float(r["wall_seconds"]) / 60 for r in rows]
+    test = [100 * r["test_acc"] for r in rows]
+    train = [100 * r["train_acc"] for r in rows]
+    if rows and math.isfinite(rows[0].get("wall_seconds", math.nan)):
+        seconds = [r["wall_seconds"] for r in rows]
     else:
-        total, minutes = 0.0, []
-        for r in rows:
-            total += float(r["seconds"])
-            minutes.append(total / 60)
+        seconds = list(accumulate(r["seconds"] for r in rows))
+    minutes = [s / 60 for s in seconds]
     return epochs, test, train, minutes
 
 
 def label_of(run: Path) -> str:
     """The run's folder name and, where its config names one, its recipe."""
     try:
-        recipe = json.loads((run / "config.json").read_text())["train"].get("recipe")
-    except (OSError, ValueError, KeyError):
+        recipe = RunDir(run).train_config().recipe
+    except UserError:  # no config.json, or a damaged one: the folder name alone
         recipe = None
     return f"{run.name} (--recipe {recipe})" if recipe else run.name
 
 
 def main(out: Path, runs: list[Path]) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, (by_epoch, by_minute) = plt.subplots(1, 2, figsize=(10.0, 4.0), dpi=110, sharey=True)
+    fig = new_figure(10.0, 4.0, layout="tight")
+    by_epoch, by_minute = fig.subplots(1, 2, sharey=True)
     last_epoch = max(ORIGINAL_TEST)
     for i, run in enumerate(runs):
         epochs, test, train, minutes = read_curve(run)
@@ -76,12 +75,7 @@ def main(out: Path, runs: list[Path]) -> None:
     by_epoch.set_ylabel("accuracy (%)")
     by_minute.set_xlabel("wall-clock minutes (this machine, as the run logged them)")
     fig.suptitle("test accuracy on the shared data against epochs and minutes, beside the original's log", fontsize=9)
-    fig.tight_layout()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(".tmp.png")
-    fig.savefig(tmp)
-    tmp.replace(out)
-    print(f"wrote {out}")
+    print(f"wrote {save_figure(fig, out)}")
 
 
 if __name__ == "__main__":

@@ -42,7 +42,7 @@ def test_beside_original_figure_is_drawn_from_runs_metrics_with_minutes(tmp_path
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert not list(out.parent.glob("*.tmp.png"))  # written atomically
+    assert not list(out.parent.glob("*.tmp.png")) and not list(out.parent.glob(".*.tmp"))  # written atomically
     proc = subprocess.run([sys.executable, "scripts/beside_original.py", str(out), str(tmp_path)], cwd=ROOT,
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode != 0 and proc.stderr.strip().startswith("usage:")
