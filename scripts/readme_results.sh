@@ -2,7 +2,9 @@
 # The README's Results figures from one finished run, in one command: its accuracy against epochs
 # and minutes beside the original's log, the gallery of its surest mistakes, Grad-CAM at layers 3
 # and 4 with ROAD scores, the confusion matrix, and the flip-TTA accuracy beside the plain one.
-#   scripts/readme_results.sh RUN [IMAGES_DIR=docs/images]      (≈ 2 min on 2 cores for ResNet-18)
+#   scripts/readme_results.sh RUN [IMAGES_DIR=docs/images]
+# (57 s for a width-16 proxy on 2 cores; the flip-TTA pass runs the model twice over the test set,
+# so the full ResNet-18 takes minutes on a CPU.)
 # The run's own analysis/ folder keeps every output (PNGs, *_scores.json, evaluation.json and
 # evaluation_tta.json); the images folder gets copies, the Grad-CAM figures re-encoded as JPEG at
 # 75% scale to keep the pages light.
@@ -16,7 +18,9 @@ mkdir -p "$images"
 cp "$run/analysis/evaluation.json" "$run/analysis/evaluation_tta.json"
 "$py" cli.py evaluate --run "$run"                        # the confusion matrix of the reported model
 "$py" scripts/beside_original.py "$images/time_to_accuracy.png" "$run"
-cp "$run/analysis/misclassified.png" "$run/analysis/confusion_matrix.png" "$images/"
+for f in misclassified.png confusion_matrix.png; do  # copy, then rename: never a half-written image
+  cp "$run/analysis/$f" "$images/.$f.tmp" && mv "$images/.$f.tmp" "$images/$f"
+done
 "$py" - "$run/analysis" "$images" <<'EOF'
 import json
 import sys
