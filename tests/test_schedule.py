@@ -71,6 +71,7 @@ def test_fast_recipe_trains_on_all_images_with_a_fixed_schedule():
     cfg = apply_recipe(TrainConfig(), "fast").validate()
     assert cfg.optim.schedule == "onecycle" and cfg.data.val == 0 and cfg.optim.nesterov
     assert cfg.model.norm == "layer" and cfg.recipe == "fast"
+    assert not cfg.augment.cutout and cfg.augment.flip and cfg.augment.crop and not cfg.augment.rotate
 
 
 def test_guard_fires_on_a_window_mean_above_three_ln_c_and_not_before_the_window():

@@ -164,3 +164,8 @@ def test_progress_is_a_line_every_n_seconds_off_a_terminal():
     quiet: list[str] = []
     Progress(10, 0, "x", False, quiet.append, stream=io.StringIO(), every=0.0).update()
     assert quiet == []
+
+
+def test_fast_recipe_cutout_flag_brings_back_its_8_pixel_cutout():
+    cfg = train_config({"recipe": "fast", "cutout": True})
+    assert (cfg.augment.cutout, cfg.augment.cutout_size, cfg.augment.cutout_p) == (True, 8, 1.0)
