@@ -30,7 +30,8 @@ ORIGINAL_40_EPOCHS = 88.56
 
 
 def read_curve(run: Path) -> tuple[list[int], list[float], list[float], list[float]]:
-    """Epochs, test and train accuracy (%), and cumulative wall minutes at each epoch's end."""
+    """Epochs, test and train accuracy (%), and cumulative wall minutes at each epoch's end. Test
+    accuracy is NaN at epochs a run did not score (`--test-every needed`, the CUDA default)."""
     rows = RunDir(run).read_metrics()
     epochs = [int(r["epoch"]) for r in rows]
     test = [100 * r["test_acc"] for r in rows]
@@ -59,9 +60,10 @@ def main(out: Path, runs: list[Path]) -> None:
     for i, run in enumerate(runs):
         epochs, test, train, minutes = read_curve(run)
         color, label = f"C{i}", label_of(run)
-        by_epoch.plot(epochs, test, "o-", color=color, label=f"{label}: test")
+        scored = [j for j, acc in enumerate(test) if math.isfinite(acc)]  # --test-every needed skips epochs
+        by_epoch.plot([epochs[j] for j in scored], [test[j] for j in scored], "o-", color=color, label=f"{label}: test")
         by_epoch.plot(epochs, train, "o--", color=color, alpha=0.5, label=f"{label}: train (augmented)")
-        by_minute.plot(minutes, test, "o-", color=color, label=f"{label}: test")
+        by_minute.plot([minutes[j] for j in scored], [test[j] for j in scored], "o-", color=color, label=f"{label}: test")
         last_epoch = max([last_epoch, *epochs])
     by_epoch.plot(list(ORIGINAL_TEST), list(ORIGINAL_TEST.values()), "s", color="C3", label="original log: test")
     by_epoch.plot(list(ORIGINAL_TRAIN), list(ORIGINAL_TRAIN.values()), "s", color="C3", mfc="none",
@@ -71,9 +73,9 @@ def main(out: Path, runs: list[Path]) -> None:
         ax.grid(alpha=0.3)
         ax.legend(loc="lower right", fontsize=7)
     by_epoch.set_xlabel("epoch")
-    by_epoch.set_xticks(range(1, last_epoch + 1))
+    by_epoch.set_xticks(range(1, last_epoch + 1) if last_epoch <= 20 else [1, *range(5, last_epoch + 1, 5)])
     by_epoch.set_ylabel("accuracy (%)")
-    by_minute.set_xlabel("wall-clock minutes (this machine, as the run logged them)")
+    by_minute.set_xlabel("wall-clock minutes (as each run logged them, on its own machine)")
     fig.suptitle("test accuracy on the shared data against epochs and minutes, beside the original's log", fontsize=9)
     print(f"wrote {save_figure(fig, out)}")
 

@@ -1,6 +1,6 @@
 """The README's Results figures from one finished run, in one command.
 
-Usage: python scripts/readme_results.py RUN_DIR [IMAGES_DIR=docs/images]
+Usage: python scripts/readme_results.py RUN_DIR [IMAGES_DIR=docs/images/<RUN_DIR's name>]
 
 Runs what `explain --layer 3 --layer 4 --count 10`, `evaluate --tta` and `evaluate` run (the CLI's
 own command bodies, in one process, so torch is imported once) and draws the run beside the
@@ -67,8 +67,9 @@ def main(run: Path, images: Path) -> None:
 
 if __name__ == "__main__":
     if len(sys.argv) not in (2, 3):
-        sys.exit("usage: python scripts/readme_results.py RUN_DIR [IMAGES_DIR=docs/images]")
-    try:
-        main(Path(sys.argv[1]), Path(sys.argv[2] if len(sys.argv) == 3 else "docs/images"))
+        sys.exit("usage: python scripts/readme_results.py RUN_DIR [IMAGES_DIR=docs/images/<RUN_DIR's name>]")
+    run_dir = Path(sys.argv[1])
+    try:  # a folder per run: docs/images/ itself holds docs/STUDIES.md's figures of another run
+        main(run_dir, Path(sys.argv[2]) if len(sys.argv) == 3 else Path("docs/images") / run_dir.resolve().name)
     except UserError as exc:
         sys.exit(f"error: {exc}")

@@ -4,6 +4,7 @@ test function in that file (a renamed test would otherwise leave the table point
 from __future__ import annotations
 
 import importlib.util
+import math
 import re
 import subprocess
 import sys
@@ -24,18 +25,21 @@ def test_reliability_table_cites_existing_tests():
 def test_beside_original_figure_is_drawn_from_runs_metrics_with_minutes(tmp_path):
     """The time-to-accuracy figure (README, docs/STUDIES.md) regenerates from runs' metrics.csv: minutes
     come from the run's cumulative wall_seconds, or, for runs older than that column, from the summed
-    per-epoch seconds; a folder without metrics.csv gets the usage line, not a traceback."""
+    per-epoch seconds; epochs whose test set was not scored are left out of the test line; a folder without metrics.csv gets the usage line, not a traceback."""
     new, old = tmp_path / "new", tmp_path / "old"
     new.mkdir()
     old.mkdir()
     (new / "metrics.csv").write_text("epoch,train_loss,train_acc,test_loss,test_acc,lr,seconds,img_per_s,val_loss,val_acc,wall_seconds\n"
-                                     "1,2.0,0.30,1.8,0.35,0.001,290,180,,,300\n2,1.7,0.45,1.4,0.47,0.07,280,185,,,600\n")
+                                     "1,2.0,0.30,1.8,0.35,0.001,290,180,,,300\n2,1.7,0.45,1.4,0.47,0.07,280,185,,,600\n"
+                                     "3,1.5,0.50,,,0.05,280,185,,,900\n")  # epoch 3 not scored (--test-every needed)
     (old / "metrics.csv").write_text("epoch,train_loss,train_acc,test_loss,test_acc,lr,seconds,img_per_s,val_loss,val_acc\n"
                                      "1,2.3,0.26,1.7,0.37,0.03,300,200,,\n2,1.5,0.43,1.4,0.48,0.03,300,200,,\n")
     spec = importlib.util.spec_from_file_location("beside_original", ROOT / "scripts" / "beside_original.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    assert module.read_curve(new) == ([1, 2], [35.0, 47.0], [30.0, 45.0], [5.0, 10.0])
+    epochs, test, train, minutes = module.read_curve(new)
+    assert (epochs, test[:2], train, minutes) == ([1, 2, 3], [35.0, 47.0], [30.0, 45.0, 50.0], [5.0, 10.0, 15.0])
+    assert math.isnan(test[2])
     assert module.read_curve(old)[3] == [5.0, 10.0]
     out = tmp_path / "fig" / "tta.png"
     proc = subprocess.run([sys.executable, "scripts/beside_original.py", str(out), str(new), str(old)], cwd=ROOT,
