@@ -382,7 +382,7 @@ def bench_gpu_cmd(
     data: Path = typer.Option(Path("data"), help="Prepared data; a synthetic set is used when absent."),
     steps: int | None = typer.Option(None, help="Timed steps per configuration (default 50 on CUDA, 3 on CPU)."),
     epochs: int = typer.Option(2, help="Epochs of the real `train` run."),
-    compile: bool = typer.Option(True, "--compile/--no-compile", help="Also time torch.compile (most of the ~8 min budget on a GPU)."),
+    compile: bool = typer.Option(True, "--compile/--no-compile", help="Also time torch.compile (most of its time on a GPU)."),
     norms: str = typer.Option("layer,group,batch", help="Norms of the model-only grid."),
     subset: int | None = typer.Option(None, help="Train images for the real run (quick CPU looks)."),
     test_subset: int | None = typer.Option(None, help="Test images for the real run."),

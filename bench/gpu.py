@@ -33,8 +33,8 @@ count (`loader_workers`).
 
 On a CPU the same code runs with a small budget (`--steps`, `--subset`), which is how the suite
 tests it. On a GPU machine that has no FFCV it still runs: the torch loader needs only torch.
-Budget on one GPU (estimated, not yet measured on one): the 6 compiles of the grid (~20-40 s each)
-dominate, ~4-5 minutes in all with compile, ~1-2 without (`--no-compile`).
+Budget on one GPU: the grid's compiles dominate (one per norm × format; their seconds on an H200
+are in docs/BENCHMARKS.md, "GPU"); `--no-compile` drops them.
 """
 
 from __future__ import annotations
