@@ -25,7 +25,8 @@ def test_reliability_table_cites_existing_tests():
 def test_beside_original_figure_is_drawn_from_runs_metrics_with_minutes(tmp_path):
     """The time-to-accuracy figure (README, docs/STUDIES.md) regenerates from runs' metrics.csv: minutes
     come from the run's cumulative wall_seconds, or, for runs older than that column, from the summed
-    per-epoch seconds; epochs whose test set was not scored are left out of the test line; a folder without metrics.csv gets the usage line, not a traceback."""
+    per-epoch seconds; epochs whose test set was not scored read as NaN and are left out of the test
+    line; a folder without metrics.csv gets the usage line, not a traceback."""
     new, old = tmp_path / "new", tmp_path / "old"
     new.mkdir()
     old.mkdir()
