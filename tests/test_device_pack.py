@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import importlib.util
+import json
 import pickle
 import shutil
 
@@ -10,14 +10,7 @@ import numpy as np
 import pytest
 
 from tests import synth
-from tests.test_docs import ROOT
-
-
-def _module():
-    spec = importlib.util.spec_from_file_location("cifar_pack", ROOT / "scripts" / "device" / "cifar_pack.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from tests.test_docs import load_script
 
 
 def _batch(path):
@@ -28,7 +21,7 @@ def _batch(path):
 def test_pack_then_unpack_gives_back_every_batch_exactly(tmp_path):
     """Each batch's pixels, labels and batch label come back byte for byte (the colour transform and
     the predictor wrap modulo 256, so saturated pixels round-trip too), and batches.meta travels raw."""
-    cifar_pack = _module()
+    cifar_pack = load_script("device/cifar_pack.py")
     members = synth.make_members(n_train=60, n_test=20)
     src = synth.write_folder(tmp_path / "src", members)
     first = _batch(src / "data_batch_1")
@@ -46,12 +39,11 @@ def test_pack_then_unpack_gives_back_every_batch_exactly(tmp_path):
 
 
 def test_unpack_refuses_pixels_that_do_not_hash_as_packed(tmp_path):
-    cifar_pack = _module()
+    cifar_pack = load_script("device/cifar_pack.py")
     src = synth.write_folder(tmp_path / "src", synth.make_members(n_train=10, n_test=10))
     cifar_pack.pack(src, tmp_path / "part", ["test_batch"])
-    meta_path = tmp_path / "part" / "test_batch.meta"
-    meta = pickle.loads(meta_path.read_bytes())
-    meta_path.write_bytes(pickle.dumps({**meta, "sha256": "0" * 64}))
+    meta_path = tmp_path / "part" / "test_batch.json"
+    meta_path.write_text(json.dumps({**json.loads(meta_path.read_text()), "sha256": "0" * 64}))
     with pytest.raises(SystemExit, match="test_batch does not decode to the pixels that were packed"):
         cifar_pack.unpack(tmp_path / "part", tmp_path / "dest")
     assert not (tmp_path / "dest" / "test_batch").exists()

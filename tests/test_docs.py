@@ -9,8 +9,19 @@ import re
 import subprocess
 import sys
 from pathlib import Path
+from types import ModuleType
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+def load_script(relative: str) -> ModuleType:
+    """A file under scripts/ as a module (scripts/ is no package: they run as files)."""
+    path = ROOT / "scripts" / relative
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    assert spec is not None and spec.loader is not None, path
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def test_reliability_table_cites_existing_tests():
@@ -35,9 +46,7 @@ def test_beside_original_figure_is_drawn_from_runs_metrics_with_minutes(tmp_path
                                      "3,1.5,0.50,,,0.05,280,185,,,900\n")  # epoch 3 not scored (--test-every needed)
     (old / "metrics.csv").write_text("epoch,train_loss,train_acc,test_loss,test_acc,lr,seconds,img_per_s,val_loss,val_acc\n"
                                      "1,2.3,0.26,1.7,0.37,0.03,300,200,,\n2,1.5,0.43,1.4,0.48,0.03,300,200,,\n")
-    spec = importlib.util.spec_from_file_location("beside_original", ROOT / "scripts" / "beside_original.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = load_script("beside_original.py")
     epochs, test, train, minutes = module.read_curve(new)
     assert (epochs, test[:2], train, minutes) == ([1, 2, 3], [35.0, 47.0], [30.0, 45.0, 50.0], [5.0, 10.0, 15.0])
     assert math.isnan(test[2])

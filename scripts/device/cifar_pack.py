@@ -4,7 +4,7 @@ Usage: python scripts/device/cifar_pack.py pack   SRC_DIR OUT_DIR NAME[,NAME...]
        python scripts/device/cifar_pack.py unpack PART_DIR DEST_DIR
 
 `pack` reads batches of the official python layout (`cifar-10-batches-py/data_batch_1`, …) and
-writes NAME.xz (pixels) + NAME.meta (labels, batch label, sha256 of the pixels) per batch;
+writes NAME.xz (pixels) + NAME.json (count, labels, batch label, sha256 of the pixels) per batch;
 `unpack` writes the same pickles back and refuses a batch whose pixels do not hash as packed, so
 `python cli.py prepare` on the result writes the arrays a local prepare writes. Files named
 *.raw in a part (batches.meta.raw, …) are copied back without the suffix.
@@ -18,6 +18,7 @@ the small errors. Only numpy and the standard library, so it runs under the devi
 from __future__ import annotations
 
 import hashlib
+import json
 import lzma
 import pickle
 import sys
@@ -74,21 +75,21 @@ def pack(src: Path, out: Path, names: list[str]) -> None:
             batch = pickle.load(f, encoding="bytes")
         flat = np.asarray(batch[b"data"], np.uint8)
         blob = encode(flat.reshape(-1, 3, SIDE, SIDE))
-        meta = {"n": len(flat), "labels": list(batch[b"labels"]), "batch_label": batch.get(b"batch_label", b""),
-                "sha256": _sha256(flat)}
+        meta = {"n": len(flat), "labels": [int(v) for v in batch[b"labels"]],
+                "batch_label": batch.get(b"batch_label", b"").decode("latin-1"), "sha256": _sha256(flat)}
         (out / f"{name}.xz").write_bytes(blob)
-        (out / f"{name}.meta").write_bytes(pickle.dumps(meta))
+        (out / f"{name}.json").write_text(json.dumps(meta))
         print(f"{name}: {len(blob) / flat.nbytes:.3f} of {flat.nbytes:,} bytes", flush=True)
 
 
 def unpack(part: Path, dest: Path) -> None:
     dest.mkdir(parents=True, exist_ok=True)
-    for meta_path in sorted(part.glob("*.meta")):
-        meta = pickle.loads(meta_path.read_bytes())
+    for meta_path in sorted(part.glob("*.json")):
+        meta = json.loads(meta_path.read_text())
         flat = decode((part / f"{meta_path.stem}.xz").read_bytes(), meta["n"]).reshape(meta["n"], -1)
         if _sha256(flat) != meta["sha256"]:
             sys.exit(f"error: {meta_path.stem} does not decode to the pixels that were packed")
-        batch = {b"batch_label": meta["batch_label"], b"labels": meta["labels"], b"data": flat}
+        batch = {b"batch_label": meta["batch_label"].encode("latin-1"), b"labels": meta["labels"], b"data": flat}
         (dest / meta_path.stem).write_bytes(pickle.dumps(batch))
         print(f"unpacked {meta_path.stem}", flush=True)
     for raw in part.glob("*.raw"):
