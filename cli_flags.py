@@ -60,7 +60,8 @@ FLAGS: tuple[Flag, ...] = (
          "Weight decay on every parameter; --no-decay-all: on conv/linear weights only (not norm scales/shifts, "
          "biases).", ("--decay-all/--no-decay-all",)),
     Flag("ema", ("optim", "ema"), float | None,
-         "Decay of an exponential moving average of the weights, updated every step (e.g. 0.999; 0 = off). "
+         "Decay of an exponential moving average of the weights, updated every step (e.g. 0.999; 0 = off), "
+         "warmed up as min(decay, (1 + n) / (10 + n)) after n updates. "
          "When on, evaluation, best.pt and the analysis commands use the averaged weights."),
     Flag("label_smoothing", ("optim", "label_smoothing"), float | None, "Cross-entropy label smoothing."),
     Flag("plateau_factor", ("optim", "plateau_factor"), float | None, "ReduceLROnPlateau factor."),

@@ -1,7 +1,14 @@
 """Plot runs' test accuracy against epochs and against wall-clock minutes, beside the original's log.
 
-Usage: python scripts/beside_original.py OUT.png RUN_DIR [RUN_DIR ...]
-e.g.   python scripts/beside_original.py docs/images/time_to_accuracy.png runs/fast-s0 runs/assign10
+Usage: python scripts/beside_original.py OUT.png RUN_DIR [RUN_DIR ...] [--lengths RUN_DIR ...]
+e.g.   python scripts/beside_original.py docs/images/time_to_accuracy.png runs/fast-s0 runs/assign10 \
+           --lengths runs/fast-e15 runs/fast-e20 runs/fast-e30
+
+Each RUN_DIR before `--lengths` is drawn as a curve over its epochs, in both panels. The runs after
+it are one recipe trained for different numbers of epochs (a one-cycle schedule ends at lr 0, so
+each length is its own run, and its epoch-10 accuracy says little about a 10-epoch run): each gives
+one point, its final test accuracy at its last epoch, and the points are joined in the epochs panel
+only (such runs may have shared their machine, so their minutes are left out).
 
 The original assignment's figures are the ones its notebook logged (issue 13; official CIFAR-10,
 fp32, ResNet-18 with LayerNorm main path and BatchNorm projection shortcuts): only these epochs
@@ -45,16 +52,28 @@ def read_curve(run: Path) -> tuple[list[int], list[float], list[float], list[flo
 
 
 def label_of(run: Path) -> str:
-    """The run's folder name and, where its config names one, its recipe."""
+    """The run's folder name and, where its config names them, its recipe and its device (the
+    minutes panel mixes machines)."""
+    rundir = RunDir(run)
     try:
-        recipe = RunDir(run).train_config().recipe
+        recipe: str | None = rundir.train_config().recipe
+        device = str(rundir.read_config().get("device", "")).split(",")[0]
     except UserError:  # no config.json, or a damaged one: the folder name alone
-        recipe = None
-    return f"{run.name} (--recipe {recipe})" if recipe else run.name
+        recipe, device = None, ""
+    details = ", ".join(x for x in (f"--recipe {recipe}" if recipe else "", device) if x)
+    return f"{run.name} ({details})" if details else run.name
 
 
-def main(out: Path, runs: list[Path]) -> None:
-    fig = new_figure(10.0, 4.0, layout="tight")
+def final_point(run: Path) -> tuple[int, float]:
+    """A run's last epoch and its test accuracy (%) there, for the schedule-length series."""
+    epochs, test, _, _ = read_curve(run)
+    if not epochs or not math.isfinite(test[-1]):
+        raise UserError(f"{run} has no test accuracy at its last epoch: it cannot be a point of --lengths")
+    return epochs[-1], test[-1]
+
+
+def main(out: Path, runs: list[Path], lengths: list[Path] | None = None) -> None:
+    fig = new_figure(11.0, 6.0, layout="tight")
     by_epoch, by_minute = fig.subplots(1, 2, sharey=True)
     last_epoch = max(ORIGINAL_TEST)
     for i, run in enumerate(runs):
@@ -65,22 +84,37 @@ def main(out: Path, runs: list[Path]) -> None:
         by_epoch.plot(epochs, train, "o--", color=color, alpha=0.5, label=f"{label}: train (augmented)")
         by_minute.plot([minutes[j] for j in scored], [test[j] for j in scored], "o-", color=color, label=f"{label}: test")
         last_epoch = max([last_epoch, *epochs])
+    if lengths:
+        points = sorted(final_point(run) for run in lengths)
+        by_epoch.plot([e for e, _ in points], [a for _, a in points], "D-", color="k",
+                      label=f"{label_of(lengths[0])} for {', '.join(str(e) for e, _ in points)} epochs: "
+                            "final test, one run each")
+        last_epoch = max(last_epoch, points[-1][0])
     by_epoch.plot(list(ORIGINAL_TEST), list(ORIGINAL_TEST.values()), "s", color="C3", label="original log: test")
     by_epoch.plot(list(ORIGINAL_TRAIN), list(ORIGINAL_TRAIN.values()), "s", color="C3", mfc="none",
                   label="original log: train")
     for ax in (by_epoch, by_minute):
         ax.axhline(ORIGINAL_40_EPOCHS, color="C3", ls=":", lw=1, label="original after 40 epochs: 88.56%")
         ax.grid(alpha=0.3)
-        ax.legend(loc="lower right", fontsize=7)
+        ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.14), fontsize=7)  # below: the curves stay clear
     by_epoch.set_xlabel("epoch")
     by_epoch.set_xticks(range(1, last_epoch + 1) if last_epoch <= 20 else [1, *range(5, last_epoch + 1, 5)])
     by_epoch.set_ylabel("accuracy (%)")
+    minutes_drawn = [x for line in by_minute.get_lines() for x in line.get_xdata() if x > 0]
+    if minutes_drawn and max(minutes_drawn) > 20 * min(minutes_drawn):  # a GPU's minute beside a CPU's hour
+        by_minute.set_xscale("log")
     by_minute.set_xlabel("wall-clock minutes (as each run logged them, on its own machine)")
     fig.suptitle("test accuracy on the shared data against epochs and minutes, beside the original's log", fontsize=9)
     print(f"wrote {save_figure(fig, out)}")
 
 
 if __name__ == "__main__":
-    if len(sys.argv) < 3 or not all((Path(p) / "metrics.csv").is_file() for p in sys.argv[2:]):
-        sys.exit("usage: python scripts/beside_original.py OUT.png RUN_DIR [RUN_DIR ...] (each RUN_DIR with a metrics.csv)")
-    main(Path(sys.argv[1]), [Path(p) for p in sys.argv[2:]])
+    args = sys.argv[2:]
+    curves, lengths = (args[:args.index("--lengths")], args[args.index("--lengths") + 1:]) if "--lengths" in args else (args, [])
+    if len(sys.argv) < 3 or not curves or not all((Path(p) / "metrics.csv").is_file() for p in curves + lengths):
+        sys.exit("usage: python scripts/beside_original.py OUT.png RUN_DIR [RUN_DIR ...] [--lengths RUN_DIR ...] "
+                 "(each RUN_DIR with a metrics.csv)")
+    try:
+        main(Path(sys.argv[1]), [Path(p) for p in curves], [Path(p) for p in lengths])
+    except UserError as exc:
+        sys.exit(f"error: {exc}")

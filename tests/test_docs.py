@@ -11,6 +11,10 @@ import sys
 from pathlib import Path
 from types import ModuleType
 
+import pytest
+
+from common.errors import UserError
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -60,6 +64,12 @@ def test_beside_original_figure_is_drawn_from_runs_metrics_with_minutes(tmp_path
     proc = subprocess.run([sys.executable, "scripts/beside_original.py", str(out), str(tmp_path)], cwd=ROOT,
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode != 0 and proc.stderr.strip().startswith("usage:")
+    # --lengths: one recipe at several lengths, one point per run (its last epoch's test accuracy)
+    assert module.final_point(old) == (2, 48.0)
+    with pytest.raises(UserError, match="no test accuracy at its last epoch"):
+        module.final_point(new)  # its last epoch was not scored
+    module.main(out, [old], [old, old])
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_readme_stays_short_and_doc_links_resolve():

@@ -95,3 +95,27 @@ def test_guard_stays_quiet_on_a_normal_run_with_short_spikes():
         loss = 12.0 if step % 10 == 3 else 2.2  # a one-step spike above the limit now and then
         loss_sum, seen = loss_sum + loss, seen + 1
         assert guard.mean_above_limit(step, loss_sum, seen) is None
+
+
+def test_ema_warms_up_then_holds_its_decay_and_starts_from_the_first_weights():
+    """The average's decay is min(decay, (1 + n) / (10 + n)) after n updates, so after N steps the
+    first weights keep a vanishing share instead of decay^N (5% at 0.999 over 2,925 steps)."""
+    from training.components import build_ema, ema_decay_at
+
+    assert ema_decay_at(0.999, 0) == 0.1 and ema_decay_at(0.999, 1) == 2 / 11
+    assert ema_decay_at(0.999, 10_000) == 0.999 and ema_decay_at(0.5, 20) == 0.5
+    model = torch.nn.Linear(2, 1, bias=False)
+    ema = build_ema(model, 0.9)
+    assert ema is not None
+    expected = None
+    for step in range(40):
+        with torch.no_grad():
+            model.weight.fill_(float(step))
+        ema.update_parameters(model)
+        d = ema_decay_at(0.9, step)
+        expected = float(step) if expected is None else d * expected + (1 - d) * float(step)
+        assert torch.allclose(ema.module.weight, torch.full((1, 2), expected), rtol=1e-5), step
+    assert int(ema.n_averaged) == 40
+    # the first weights' share after 40 updates: the product of the later decays, against 0.9^39
+    share = math.prod(ema_decay_at(0.9, n) for n in range(1, 40))
+    assert share < 1e-3 < 0.9**39 / 10

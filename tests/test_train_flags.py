@@ -169,3 +169,12 @@ def test_progress_is_a_line_every_n_seconds_off_a_terminal():
 def test_fast_recipe_cutout_flag_brings_back_its_8_pixel_cutout():
     cfg = train_config({"recipe": "fast", "cutout": True})
     assert (cfg.augment.cutout, cfg.augment.cutout_size, cfg.augment.cutout_p) == (True, 8, 1.0)
+
+
+def test_fast_recipe_scores_the_test_set_at_its_end_unless_asked_for_every_epoch():
+    """A fixed schedule needs only the last epoch's score, so `--recipe fast` skips the per-epoch
+    test pass on every device (on a CPU it is a sixth of an epoch); the flag brings the curve back,
+    and the default recipe keeps the device's default (None: epoch on the CPU, needed on CUDA)."""
+    assert train_config({"recipe": "fast"}).run.test_every == "needed"
+    assert train_config({"recipe": "fast", "test_every": "epoch"}).run.test_every == "epoch"
+    assert train_config({}).run.test_every is None

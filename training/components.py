@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 from torch import nn
-from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+from torch.optim.swa_utils import AveragedModel
 
 from common.config import OptimConfig, TrainConfig
 from models import build_model
@@ -122,12 +122,40 @@ def build_parts(cfg: TrainConfig, setup: DeviceSetup, ctx: DistContext, steps_pe
                  world=ctx.world, scale_lr=cfg.optim.scale_lr)
 
 
+def ema_decay_at(decay: float, updates: int) -> float:
+    """The decay of the EMA update after `updates` earlier ones: min(decay, (1 + n) / (10 + n)),
+    the warm-up of TensorFlow's ExponentialMovingAverage with num_updates. A constant decay d
+    leaves weight d^N on the first copy (nearly the initial weights) after N updates, a share a
+    short run never forgets (docs/BENCHMARKS.md, the H200 sweep); warmed up, the average tracks
+    the early weights closely and forgets them."""
+    return min(decay, (1 + updates) / (10 + updates))
+
+
+def _warmup_ema(decay: float) -> Any:
+    """AveragedModel's multi_avg_fn for the EMA with warm-up (torch's get_ema_multi_avg_fn has a
+    constant decay). The decay is computed from the update count where that count lives (a CUDA
+    tensor on a GPU), so an update never waits for the device; one fused lerp per update."""
+
+    @torch.no_grad()
+    def update(averaged: list[torch.Tensor], current: list[torch.Tensor], updates: torch.Tensor) -> None:
+        if torch.is_floating_point(averaged[0]):
+            n = updates.to(averaged[0].dtype)
+            weight = 1 - torch.clamp((1 + n) / (10 + n), max=decay)  # 1 - ema_decay_at(decay, n)
+            torch._foreach_lerp_(averaged, current, [weight] * len(averaged))
+        else:  # integer buffers (BatchNorm's num_batches_tracked) take the current value
+            for avg, cur in zip(averaged, current, strict=True):
+                avg.copy_(cur)
+
+    return update
+
+
 def build_ema(model: nn.Module, decay: float) -> AveragedModel | None:
     """torch's AveragedModel with an EMA rule over parameters and buffers (the norms' running
-    statistics follow the weights they belong to); None when --ema is 0."""
+    statistics follow the weights they belong to), its decay warmed up by `ema_decay_at`; None
+    when --ema is 0."""
     if decay <= 0:
         return None
-    return AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
+    return AveragedModel(model, multi_avg_fn=_warmup_ema(decay), use_buffers=True)
 
 
 def loader_workers(requested: int | None, device: torch.device, ctx: DistContext) -> tuple[int, str]:
