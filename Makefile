@@ -22,7 +22,7 @@ test: setup
 	$(PY) -m pytest -q -n $(TEST_WORKERS) tests
 
 # prepare → train → explain → evaluate. SOURCE empty = download the official archive. The training
-# is `--recipe fast` for EPOCHS epochs: at 40 it beat the default recipe's 40 epochs by 8 points
+# is `--recipe fast` for EPOCHS epochs: at 40 it beat the default recipe's 40 epochs by 7.95 points
 # (docs/BENCHMARKS.md, "A second H200 loan").
 run: setup
 	$(PY) cli.py prepare $(if $(SOURCE),--source $(SOURCE)) --out $(DATA)

@@ -38,8 +38,9 @@ for spec in "$@"; do
   train "${spec%%:*}" ${spec#*:} &
   pids+=($!)
 done
-# The pids, not a bare `wait`: that would also wait for the `tee` above, which ends only with the script.
-wait "${pids[@]}"
+# The pids, not a bare `wait` (nor an empty list, which is one): that would also wait for the `tee`
+# above, which ends only with the script.
+[ ${#pids[@]} -eq 0 ] || wait "${pids[@]}"
 tar czf "$OUT/runs.tgz" --exclude='*.pt' runs data/manifest.json
 best=$(python3 - <<'PY'
 import json
