@@ -110,7 +110,8 @@ def main(out: Path, runs: list[Path], lengths: list[Path] | None = None) -> None
 
 if __name__ == "__main__":
     args = sys.argv[2:]
-    curves, lengths = (args[:args.index("--lengths")], args[args.index("--lengths") + 1:]) if "--lengths" in args else (args, [])
+    cut = args.index("--lengths") if "--lengths" in args else len(args)
+    curves, lengths = args[:cut], args[cut + 1:]
     if len(sys.argv) < 3 or not curves or not all((Path(p) / "metrics.csv").is_file() for p in curves + lengths):
         sys.exit("usage: python scripts/beside_original.py OUT.png RUN_DIR [RUN_DIR ...] [--lengths RUN_DIR ...] "
                  "(each RUN_DIR with a metrics.csv)")

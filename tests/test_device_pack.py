@@ -55,14 +55,17 @@ def test_unpack_refuses_pixels_that_do_not_hash_as_packed(tmp_path):
 
 _FAKE_PYTHON = '''#!{python}
 """python3 for sweep_call.sh without a GPU: `cli.py train` writes a finished run whose test accuracy
-is its --lr value and notes how many runs are active at once; `-` (the script's inline Python) runs
-in the real interpreter; cifar_pack and prepare do the least the script checks for."""
+is its --lr value and notes how many runs are active at once; `-` (the script's inline Python) and
+weights_back.py (from the repository) run in the real interpreter; cifar_pack and prepare do the
+least the script checks for."""
 import json, os, shutil, sys, time
 from pathlib import Path
 
 args = sys.argv[1:]
 if args[0] == "-":
     os.execv({python!r}, [{python!r}, *args])
+if args[0] == "scripts/device/weights_back.py":
+    os.execv({python!r}, [{python!r}, {weights_back!r}, *args[1:]])
 if args[:2] == ["cli.py", "prepare"]:
     Path("data").mkdir()
     Path("data/train.npz").touch()
@@ -98,7 +101,7 @@ def test_sweep_call_runs_p_at_a_time_then_returns_every_runs_files_and_the_best_
     checkpoint = tmp_path / "tiny.pt"
     torch.save({"model": {"w": torch.ones(2)}, "optimizer": {"state": {}}, "epoch": 15}, checkpoint)
     python = bin_dir / "python3"
-    python.write_text(_FAKE_PYTHON.format(python=sys.executable))
+    python.write_text(_FAKE_PYTHON.format(python=sys.executable, weights_back=str(ROOT / "scripts/device/weights_back.py")))
     (bin_dir / "nvidia-smi").write_text("#!/bin/sh\necho 'GPU 0: none (test)'\n")
     for tool in bin_dir.iterdir():
         tool.chmod(0o755)

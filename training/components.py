@@ -12,7 +12,7 @@ from __future__ import annotations
 import functools
 import os
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, overload
 
 import numpy as np
 import torch
@@ -122,13 +122,19 @@ def build_parts(cfg: TrainConfig, setup: DeviceSetup, ctx: DistContext, steps_pe
                  world=ctx.world, scale_lr=cfg.optim.scale_lr)
 
 
-def ema_decay_at(decay: float, updates: int) -> float:
+@overload
+def ema_decay_at(decay: float, updates: float) -> float: ...
+@overload
+def ema_decay_at(decay: float, updates: torch.Tensor) -> torch.Tensor: ...
+def ema_decay_at(decay: float, updates: float | torch.Tensor) -> float | torch.Tensor:
     """The decay of the EMA update after `updates` earlier ones: min(decay, (1 + n) / (10 + n)),
     the warm-up of TensorFlow's ExponentialMovingAverage with num_updates. A constant decay d
     leaves weight d^N on the first copy (nearly the initial weights) after N updates, a share a
     short run never forgets (docs/BENCHMARKS.md, the H200 sweep); warmed up, the average tracks
-    the early weights closely and forgets them."""
-    return min(decay, (1 + updates) / (10 + updates))
+    the early weights closely and forgets them. `updates` may be a tensor (the count AveragedModel
+    keeps on the model's device): the result is then one too, computed without a host sync."""
+    warm = (1 + updates) / (10 + updates)
+    return warm.clamp(max=decay) if isinstance(warm, torch.Tensor) else min(decay, warm)
 
 
 def _warmup_ema(decay: float) -> Any:
@@ -139,8 +145,7 @@ def _warmup_ema(decay: float) -> Any:
     @torch.no_grad()
     def update(averaged: list[torch.Tensor], current: list[torch.Tensor], updates: torch.Tensor) -> None:
         if torch.is_floating_point(averaged[0]):
-            n = updates.to(averaged[0].dtype)
-            weight = 1 - torch.clamp((1 + n) / (10 + n), max=decay)  # 1 - ema_decay_at(decay, n)
+            weight = 1 - ema_decay_at(decay, updates.to(averaged[0].dtype))
             torch._foreach_lerp_(averaged, current, [weight] * len(averaged))
         else:  # integer buffers (BatchNorm's num_batches_tracked) take the current value
             for avg, cur in zip(averaged, current, strict=True):

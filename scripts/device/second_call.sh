@@ -28,15 +28,7 @@ train() {  # NAME FLAGS...
 began=$(date +%s)
 train fast-s0
 first=$(( $(date +%s) - began ))
-python3 - <<'PY'
-import torch
-
-checkpoint = torch.load("runs/fast-s0/last.pt", map_location="cpu", weights_only=True)
-checkpoint.pop("optimizer", None)
-torch.save(checkpoint, "/tmp/fast-s0-weights.pt")
-PY
-split -b 15M -d /tmp/fast-s0-weights.pt "$OUT/fast-s0-weights.pt.part"
-sha256sum /tmp/fast-s0-weights.pt
+python3 scripts/device/weights_back.py runs/fast-s0 fast-s0-weights
 for spec in "$@"; do
   [ "$(left)" -gt $(( first + first / 5 + 40 )) ] || { echo "no time left for ${spec%%:*}"; continue; }
   # shellcheck disable=SC2086  # the flags are meant to split into words

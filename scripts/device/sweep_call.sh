@@ -56,16 +56,6 @@ PY
 )
 if [ -n "$best" ]; then
   echo "weights back: $best"
-  python3 - "$best" <<'PY'
-import sys
-
-import torch
-
-checkpoint = torch.load(f"runs/{sys.argv[1]}/last.pt", map_location="cpu", weights_only=True)
-checkpoint.pop("optimizer", None)
-torch.save(checkpoint, "/tmp/best-weights.pt")
-PY
-  split -b 15M -d /tmp/best-weights.pt "$OUT/best-weights.pt.part"
-  sha256sum /tmp/best-weights.pt
+  python3 scripts/device/weights_back.py "runs/$best" best-weights
 fi
 echo "sweep call: $(( $(date +%s) - start )) s"
