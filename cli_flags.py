@@ -87,6 +87,10 @@ FLAGS: tuple[Flag, ...] = (
     Flag("pad", ("augment", "pad"), int | None, "Padding for the random crop."),
     Flag("flip", ("augment", "flip"), bool | None, "Random horizontal flip.", ("--flip/--no-flip",)),
     Flag("flip_p", ("augment", "flip_p"), float | None, "Flip probability."),
+    Flag("alternate_flip", ("augment", "alternate_flip"), bool | None,
+         "With --flip: draw each image's flip once (from --seed) and invert it every other epoch, so any two "
+         "consecutive epochs show each image both ways (airbench's alternating flip); off: drawn anew each epoch.",
+         ("--alternate-flip/--no-alternate-flip",)),
     Flag("rotate", ("augment", "rotate"), bool | None, "Random rotation.", ("--rotate/--no-rotate",)),
     Flag("max_angle", ("augment", "max_angle"), float | None, "Largest rotation in degrees."),
     Flag("cutout", ("augment", "cutout"), bool | None, "Cutout.", ("--cutout/--no-cutout",)),

@@ -44,6 +44,9 @@ class AugmentConfig:
     pad: int = 4
     flip: bool = True
     flip_p: float = 0.5
+    # Each image's flip drawn once (from the seed) and inverted every other epoch, so two consecutive
+    # epochs show it both ways (airbench's alternating flip); False: drawn anew each epoch.
+    alternate_flip: bool = False
     rotate: bool = True
     max_angle: float = 5.0
     cutout: bool = True

@@ -33,6 +33,7 @@ class AugmentSpec:
 
     pad: int = 0
     flip_p: float = 0.0
+    alternate_flip: bool = False  # the flip drawn once per image, inverted every other epoch
     max_angle: float = 0.0
     cutout_p: float = 0.0
     cutout_size: int = 16
@@ -54,6 +55,7 @@ class AugmentSpec:
         is None, and the normalisation). `border` overrides `aug.border`."""
         return cls(pad=int(aug.pad) if aug.crop else 0,
                    flip_p=float(aug.flip_p) if aug.flip else 0.0,
+                   alternate_flip=bool(aug.flip and aug.alternate_flip),
                    max_angle=float(aug.max_angle) if aug.rotate else 0.0,
                    cutout_p=float(aug.cutout_p) if aug.cutout else 0.0,
                    cutout_size=int(aug.cutout_size),
@@ -82,6 +84,7 @@ class AugmentSpec:
         params = np.zeros(kernels.N_PARAMS, dtype=np.float64)
         params[kernels.P_PAD] = self.pad
         params[kernels.P_FLIP_P] = self.flip_p
+        params[kernels.P_ALTERNATE_FLIP] = 1.0 if self.alternate_flip else 0.0
         params[kernels.P_MAX_ANGLE] = self.max_angle
         params[kernels.P_CUTOUT_P] = self.cutout_p
         params[kernels.P_CUTOUT_SIZE] = self.cutout_size

@@ -100,7 +100,10 @@ def uniforms(key: torch.Tensor) -> torch.Tensor:
 def draw_params(seed: int, epoch: int, index: torch.Tensor, spec: AugmentSpec) -> dict[str, torch.Tensor]:
     """kernels.draw_params for a batch of indices: dy, dx, cut_y, cut_x (int64), flip, do_cut
     (bool), angle (float64 degrees)."""
-    return _draw(uniforms(image_key(seed, epoch, index)), spec)
+    p = _draw(uniforms(image_key(seed, epoch, index)), spec)
+    if spec.alternate_flip:  # epoch 0's flip, inverted in odd epochs
+        p["flip"] = (uniforms(image_key(seed, 0, index))[:, 2] < spec.flip_p) ^ bool(epoch % 2)
+    return p
 
 
 def _draw(u: torch.Tensor, spec: AugmentSpec) -> dict[str, torch.Tensor]:
@@ -121,10 +124,10 @@ def _draw(u: torch.Tensor, spec: AugmentSpec) -> dict[str, torch.Tensor]:
 DY, DX, FLIP, CUT_Y, CUT_X, DO_CUT, GRID_XU, GRID_XV, SIN, COS = range(10)
 
 
-def draw_table(keys: torch.Tensor, spec: AugmentSpec) -> torch.Tensor:
-    """(n, 10) float64: the parameters of the images with these `image_key`s, one row each, as
-    `TorchAugment` applies them, so a batch takes its rows with one gather."""
-    p = _draw(uniforms(keys), spec)
+def draw_table(seed: int, epoch: int, index: torch.Tensor, spec: AugmentSpec) -> torch.Tensor:
+    """(n, 10) float64: the parameters of the images with these dataset indices in this epoch, one
+    row each, as `TorchAugment` applies them, so a batch takes its rows with one gather."""
+    p = draw_params(seed, epoch, index, spec)
     rad = p["angle"] * (math.pi / 180.0)
     ca = torch.cos(rad).to(torch.float32)
     sa = torch.sin(rad).to(torch.float32)
@@ -151,7 +154,7 @@ def augment(images: torch.Tensor, indices: torch.Tensor, seed: int, epoch: int,
     augmenter = TorchAugment(spec, images.device, images.shape[0])
     if spec.identity:
         return augmenter(images, None)
-    return augmenter(images, draw_table(image_key(seed, epoch, indices.to(images.device)), spec))
+    return augmenter(images, draw_table(seed, epoch, indices.to(images.device), spec))
 
 
 class TorchAugment:

@@ -59,8 +59,8 @@ _TO_UNIT = 1.0 / 9007199254740992.0  # 2**-53
 
 # Layout of the float64 parameter vector handed to the kernel (one array keeps the signature,
 # and so the numba cache key, stable as options are added).
-P_PAD, P_FLIP_P, P_MAX_ANGLE, P_CUTOUT_P, P_CUTOUT_SIZE, P_NORMALIZE, P_BORDER = range(7)
-N_PARAMS = 7
+P_PAD, P_FLIP_P, P_MAX_ANGLE, P_CUTOUT_P, P_CUTOUT_SIZE, P_NORMALIZE, P_BORDER, P_ALTERNATE_FLIP = range(8)
+N_PARAMS = 8
 BORDER_CONSTANT, BORDER_REFLECT = 0, 1
 BORDER_CODES = {"constant": BORDER_CONSTANT, "reflect": BORDER_REFLECT}
 
@@ -101,13 +101,19 @@ def draw_params(seed, epoch, index, params):
     """Per-image augmentation parameters: (dy, dx, flip, angle_deg, cut_y, cut_x, do_cut).
 
     dy/dx in [-pad, pad] (the crop offset minus pad); cut_y/cut_x the cutout's top-left corner,
-    the square always inside the 32×32 image.
+    the square always inside the 32×32 image. With `P_ALTERNATE_FLIP` set, the flip is drawn once
+    per image and inverted every other epoch, so any two consecutive epochs show each image both
+    ways (airbench's alternating flip); otherwise it is drawn anew each epoch.
     """
     key = image_key(seed, epoch, index)
     pad = int(params[P_PAD])
     dy = min(int(uniform(key, 0) * (2 * pad + 1)), 2 * pad) - pad
     dx = min(int(uniform(key, 1) * (2 * pad + 1)), 2 * pad) - pad
-    flip = uniform(key, 2) < params[P_FLIP_P]
+    if params.shape[0] > P_ALTERNATE_FLIP and params[P_ALTERNATE_FLIP] > 0.5:
+        # drawn once per image (epoch 0's draw), inverted in odd epochs
+        flip = (uniform(image_key(seed, 0, index), 2) < params[P_FLIP_P]) != (epoch % 2 == 1)
+    else:
+        flip = uniform(key, 2) < params[P_FLIP_P]
     angle = (2.0 * uniform(key, 3) - 1.0) * params[P_MAX_ANGLE]
     size = int(params[P_CUTOUT_SIZE])
     span = 32 - size + 1

@@ -30,7 +30,7 @@ import torch
 from common.config import AugmentConfig
 from common.errors import UserError
 from pipeline.augment_spec import AugmentSpec
-from pipeline.augment_torch import TorchAugment, draw_table, epoch_key, image_key, splitmix64
+from pipeline.augment_torch import TorchAugment, draw_table, epoch_key, splitmix64
 from pipeline.loaders import LoaderInfo, plan_split
 from pipeline.manifest import read_arrays, read_manifest
 
@@ -118,7 +118,7 @@ class TorchCifarLoader:
             yield from self._iter_numba(order, epoch)
             return
         # The epoch's augmentation parameters for every held image, in one call; a batch gathers its rows.
-        rows = None if self.spec.identity else draw_table(image_key(self.seed, epoch, self.index), self.spec)
+        rows = None if self.spec.identity else draw_table(self.seed, epoch, self.index, self.spec)
         for b in range(len(self)):
             sel = order[b * bs:(b + 1) * bs]
             images = self.images.index_select(0, sel)

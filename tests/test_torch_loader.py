@@ -65,6 +65,7 @@ def torch_out(src: np.ndarray, idx: np.ndarray, aug: AugmentConfig, normalize: b
 ONLY = {  # each augmentation alone, always firing where it has a probability
     "crop": dict(crop=True, pad=4),
     "flip": dict(flip=True, flip_p=0.5),
+    "flip_alternate": dict(flip=True, flip_p=0.5, alternate_flip=True),
     "rotate": dict(rotate=True, max_angle=5.0),
     "rotate30": dict(rotate=True, max_angle=30.0),
     "cutout": dict(cutout=True, cutout_p=0.5, cutout_size=16),
@@ -92,6 +93,30 @@ def test_draw_params_equal_kernel(seed, epoch):
     for j, key in enumerate(("dy", "dx", "flip", "angle", "cut_y", "cut_x", "do_cut")):
         want = np.array([r[j] for r in rows])
         np.testing.assert_array_equal(got[key].numpy(), want, err_msg=key)  # angles too: bit-exact
+
+
+@pytest.mark.parametrize("seed", [0, 2**63 + 12345])
+def test_alternate_flip_shows_each_image_both_ways(seed):
+    """--alternate-flip: the two implementations draw the same flips, each image's flip inverts from
+    one epoch to the next (the other draws stay per-epoch), and about half the images flip."""
+    aug = AugmentConfig(pad=4, flip_p=0.5, cutout_p=0.7, alternate_flip=True)
+    spec = at.AugmentSpec.from_config(aug, MEAN, STD)
+    params = kernel_params(aug, False)
+    idx = np.arange(4000, dtype=np.int64)
+    flips, dys = [], []
+    for epoch in range(4):
+        got = at.draw_params(seed, epoch, torch.from_numpy(idx), spec)
+        want = np.array([kernels.draw_params(np.uint64(seed), np.uint64(epoch), i, params)[2] for i in idx])
+        np.testing.assert_array_equal(got["flip"].numpy(), want)
+        flips.append(want)
+        dys.append(got["dy"].numpy())
+    for a, b in zip(flips, flips[1:]):
+        assert np.all(a != b)
+    assert 0.45 < flips[0].mean() < 0.55
+    assert np.mean(dys[0] == dys[1]) < 0.3  # crop offsets are still drawn anew (1/9 agree by chance)
+    off = at.draw_params(seed, 1, torch.from_numpy(idx), at.AugmentSpec.from_config(
+        AugmentConfig(pad=4, flip_p=0.5, cutout_p=0.7), MEAN, STD))["flip"].numpy()
+    assert 0.4 < np.mean(off == flips[0]) < 0.6  # without the flag, epochs draw flips independently
 
 
 def test_hash_wraps_like_uint64():
