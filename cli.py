@@ -157,7 +157,9 @@ def train(
               f"best epoch {result.best_epoch} chosen on {result.decided_on} ({result.decided_on} accuracy "
               f"{100 * result.best_acc:.2f}%); test accuracy at that epoch {100 * result.best_test_acc:.2f}%")
     epochs = f"{result.epochs_done} epoch{'' if result.epochs_done == 1 else 's'}"
-    typer.echo(f"done: {chosen}; final test accuracy {100 * result.final_test_acc:.2f}%; {epochs} "
+    tta = (f" ({100 * result.final_test_acc_tta:.2f}% with flip TTA)"
+           if result.final_test_acc_tta == result.final_test_acc_tta else "")
+    typer.echo(f"done: {chosen}; final test accuracy {100 * result.final_test_acc:.2f}%{tta}; {epochs} "
                f"in {duration(result.seconds, compact=True)}; run in {result.run.path}")
     run_arg = shlex.quote(str(result.run.path))
     typer.echo(f"next: python cli.py evaluate {run_arg}  ·  python cli.py explain {run_arg} --layer 3 --layer 4  ·  "

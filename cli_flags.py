@@ -126,6 +126,10 @@ FLAGS: tuple[Flag, ...] = (
     Flag("test_every", ("run", "test_every"), str | None,
          "When to score the test set: epoch (every epoch), or needed (when it decides the LR, at the final epoch and "
          "at new bests on validation)."),
+    Flag("tta", ("run", "tta"), bool | None,
+         "Each test pass also scores flip test-time augmentation (each image's and its mirror's softmax averaged; a "
+         "second forward), reported beside the plain accuracy in the epoch line, metrics.csv and summary.json.",
+         ("--tta/--no-tta",)),
     Flag("quiet", None, bool | None, "No progress output.", ("--quiet/--no-quiet",)),
 )
 

@@ -45,6 +45,7 @@ class RunSummary:
     decided_on: str | None = None  # "validation" or "test": the split behind best.pt and the LR schedule
     best_test_acc: float | None = None  # test accuracy at best_epoch
     final_test_acc: float | None = None
+    final_test_acc_tta: float | None = None  # with --tta: flip test-time augmentation's accuracy
     wall_seconds: float | None = None
     error: str | None = None  # status FAILED: the one-line reason
     stopped_at: dict[str, int] | None = None  # status INTERRUPTED mid-epoch: {"epoch", "step"}

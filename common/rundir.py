@@ -35,10 +35,11 @@ from common.records import RunSummary
 from common.upgrade import upgrade_config
 
 METRIC_FIELDS = ("epoch", "train_loss", "train_acc", "test_loss", "test_acc", "lr", "seconds", "img_per_s",
-                 "val_loss", "val_acc", "wall_seconds")
+                 "val_loss", "val_acc", "wall_seconds", "test_acc_tta")
 # val_*: empty (read as NaN) when the run has no validation split. wall_seconds: the run's wall-clock
 # time at the end of the epoch (all its processes, set-up and evaluation included), for accuracy
-# against minutes; empty in runs written before it existed.
+# against minutes; empty in runs written before it existed. test_acc_tta: flip test-time augmentation's
+# accuracy where --tta scored it, else empty.
 CHECKPOINT_FORMAT = 1
 
 

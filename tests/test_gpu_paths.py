@@ -181,7 +181,7 @@ def test_a_batch_of_one_label_keeps_its_batch_dimension(prepared_dir):
     shapes = [tuple(y.shape) for _, y in loader]
     assert shapes[-1] == (1,)
     model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 32 * 32, 10))
-    loss, acc, labels, probs = evaluate_loader(model, loader, resolve_device("cpu"))
+    loss, acc, labels, probs, _ = evaluate_loader(model, loader, resolve_device("cpu"))
     assert len(labels) == 100 and probs.shape == (100, 10) and np.isfinite(loss)
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -294,3 +295,26 @@ def test_flip_tta_reports_both_accuracies(full_run):
     assert result.accuracy == pytest.approx(float((both.argmax(1) == labels).mean()))
     report = json.loads(result.json_path.read_text())
     assert report["tta"] is True and report["accuracy_without_tta"] == pytest.approx(saved.accuracy, abs=1e-6)
+
+
+def test_train_tta_scores_the_final_test_pass_both_ways(full_run, prepared_dir, tmp_path):
+    """--tta: the test pass also scores flip TTA, equal to what `evaluate --tta` computes from the
+    saved weights; metrics.csv, summary.json and the done line carry it beside the plain accuracy,
+    which (like the saved predictions) stays the plain pass's. Runs without it leave it empty."""
+    from analysis.inspection.evaluate import evaluate
+
+    cfg = tiny_config(prepared_dir, tmp_path / "tta", epochs=1)
+    cfg.run.tta = True
+    result = run_train(cfg)
+    row = result.run.read_metrics()[-1]
+    summary = result.run.read_summary()
+    tta = evaluate(result.run.path, which="last", tta=True)
+    assert row["test_acc_tta"] == summary.final_test_acc_tta == result.final_test_acc_tta == tta.accuracy
+    assert row["test_acc"] == summary.final_test_acc == tta.plain_accuracy
+    assert result.run.read_predictions("last").accuracy == row["test_acc"]
+    assert math.isnan(full_run.run.read_metrics()[-1]["test_acc_tta"])
+    assert full_run.run.read_summary().final_test_acc_tta is None
+    from analysis.report.run_page import read_run, run_document
+
+    facts = dict(run_document(result.run, read_run(result.run), {}).facts)
+    assert facts["final test accuracy"].endswith("with flip TTA)")

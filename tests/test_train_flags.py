@@ -178,3 +178,11 @@ def test_fast_recipe_scores_the_test_set_at_its_end_unless_asked_for_every_epoch
     assert train_config({"recipe": "fast"}).run.test_every == "needed"
     assert train_config({"recipe": "fast", "test_every": "epoch"}).run.test_every == "epoch"
     assert train_config({}).run.test_every is None
+
+
+def test_fast_recipe_reports_flip_tta_beside_the_plain_accuracy():
+    """Flip TTA helped every model measured (docs/BENCHMARKS.md), so `--recipe fast` scores it at its
+    test pass; --no-tta drops the second forward, and other recipes leave it off."""
+    assert train_config({"recipe": "fast"}).run.tta is True
+    assert train_config({"recipe": "fast", "tta": False}).run.tta is False
+    assert train_config({}).run.tta is False

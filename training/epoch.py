@@ -14,7 +14,7 @@ import time
 from collections import deque
 from dataclasses import dataclass
 from types import FrameType, TracebackType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 import torch
@@ -243,9 +243,23 @@ class _StopDuringEval(Exception):
     pass
 
 
+class Scores(NamedTuple):
+    """One pass over a split: mean cross-entropy (no smoothing), accuracy, labels and softmax
+    probabilities in loader order, and (`tta`) the accuracy of flip test-time augmentation, NaN
+    when it was not computed."""
+
+    loss: float
+    acc: float
+    labels: np.ndarray
+    probs: np.ndarray
+    tta_acc: float = float("nan")
+
+
 def evaluate_loader(model: nn.Module, loader: SplitLoader, setup: DeviceSetup, ctx: DistContext | None = None,
-                    stopper: Stopper | None = None) -> tuple[float, float, np.ndarray, np.ndarray]:
-    """Mean cross-entropy (no smoothing), accuracy, labels and softmax probabilities, in loader order.
+                    stopper: Stopper | None = None, tta: bool = False) -> Scores:
+    """Score a split in one pass (`Scores`). `tta` adds each image's mirror: its softmax averaged
+    with the image's gives the flip-TTA prediction (what `evaluate --tta` computes), a second
+    forward per batch; loss, probabilities and the saved predictions stay the plain pass's.
 
     Under torchrun each rank scores its shard and the shards are gathered (DistributedSampler pads
     the last shard with repeats; they are dropped by index). A stop request on a single process
@@ -254,7 +268,7 @@ def evaluate_loader(model: nn.Module, loader: SplitLoader, setup: DeviceSetup, c
     ctx = ctx or DistContext()
     order = loader.order() if ctx.enabled else None
     model.eval()
-    losses, probs, labels = [], [], []  # kept on the device, moved to the host once at the end
+    losses, probs, labels, flipped = [], [], [], []  # kept on the device, moved to the host once at the end
     # On the CPU the test pass runs in fp32 even when training uses bf16 autocast: it is a small
     # part of an epoch there, and saved predictions then equal what analysis recomputes (fp32).
     precision = setup.autocast() if setup.device.type == "cuda" else contextlib.nullcontext()
@@ -262,21 +276,26 @@ def evaluate_loader(model: nn.Module, loader: SplitLoader, setup: DeviceSetup, c
         for x, y in loader:
             if stopper is not None and stopper.requested and not ctx.enabled:
                 raise _StopDuringEval
-            logits = model(setup.batch(x)).float()
+            x = setup.batch(x)
+            logits = model(x).float()
             losses.append(F.cross_entropy(logits, y, reduction="none").double())
             probs.append(torch.softmax(logits, 1))
             labels.append(y)
+            if tta:
+                flipped.append(torch.softmax(model(setup.batch(x.flip(3))).float(), 1))
     loss = torch.cat(losses).cpu().numpy()
     p = torch.cat(probs).cpu().numpy()
     t = torch.cat(labels).cpu().numpy()
+    m = torch.cat(flipped).cpu().numpy() if tta else p  # the mirrors' probabilities
     if ctx.enabled:
         assert order is not None
-        parts = ctx.gather((order[:len(t)], loss, t, p))
+        parts = ctx.gather((order[:len(t)], loss, t, p, m))
         idx = np.concatenate([part[0] for part in parts])
         _, first = np.unique(idx, return_index=True)  # sorted by test index, repeats dropped
-        loss, t, p = (np.concatenate([part[i] for part in parts])[first] for i in (1, 2, 3))
+        loss, t, p, m = (np.concatenate([part[i] for part in parts])[first] for i in (1, 2, 3, 4))
     n = max(len(t), 1)
-    return float(loss.sum() / n), float((p.argmax(1) == t).mean()), t, p
+    tta_acc = float(((p + m).argmax(1) == t).mean()) if tta else float("nan")
+    return Scores(float(loss.sum() / n), float((p.argmax(1) == t).mean()), t, p, tta_acc)
 
 
 def score_test(every: str, decided_on: str, last: bool, new_best_on_val: bool) -> bool:
@@ -287,8 +306,8 @@ def score_test(every: str, decided_on: str, last: bool, new_best_on_val: bool) -
     return every == "epoch" or decided_on == "test" or last or new_best_on_val
 
 
-def evaluate_or_stop(session: Session, loader: SplitLoader, epoch: int,
-                     sums: EpochSums) -> tuple[float, float, np.ndarray, np.ndarray]:
+def evaluate_or_stop(session: Session, loader: SplitLoader, epoch: int, sums: EpochSums,
+                     tta: bool = False) -> Scores:
     """Score a split after an epoch. Under torchrun BatchNorm running statistics differ between
     ranks (DDP syncs buffers only before each forward), so rank 0's are broadcast first: every rank
     then scores its shard with the same model, and the end-of-run weight digests agree."""
@@ -297,6 +316,6 @@ def evaluate_or_stop(session: Session, loader: SplitLoader, epoch: int,
     if parts.ema is not None:
         ctx.broadcast_buffers(parts.ema.module)
     try:
-        return evaluate_loader(parts.eval_model, loader, session.setup, ctx, stopper)
+        return evaluate_loader(parts.eval_model, loader, session.setup, ctx, stopper, tta)
     except _StopDuringEval:
         raise StopRequested(stopper.requested or "SIGTERM", sums.partial(epoch, session.steps, ctx.world)) from None

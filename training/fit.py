@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -50,6 +51,7 @@ class TrainResult:
     decided_on: str = "test"  # the split whose accuracy chose best.pt (best_acc) and drove the LR schedule
     best_test_acc: float = float("nan")  # test accuracy at best_epoch
     final_test_acc: float = float("nan")
+    final_test_acc_tta: float = float("nan")  # with --tta
 
 
 def train(cfg: TrainConfig, resume: str | Path | None = None, extra_epochs_to: int | None = None,
@@ -107,17 +109,18 @@ def train(cfg: TrainConfig, resume: str | Path | None = None, extra_epochs_to: i
                                      if loaders.val is not None else (None, None))
                 last = epoch + 1 == cfg.optim.epochs
                 scored = None
-                test_loss = test_acc = float("nan")
+                test_loss = test_acc = test_acc_tta = float("nan")
                 if score_test(test_every, decided_on, last, val_acc is not None and val_acc > state.best_acc):
-                    test_loss, test_acc, labels, probs = evaluate_or_stop(session, test_loader, epoch, sums)
-                    scored = (labels, probs)
+                    test = evaluate_or_stop(session, test_loader, epoch, sums, tta=cfg.run.tta)
+                    test_loss, test_acc, test_acc_tta = test.loss, test.acc, test.tta_acc
+                    scored = (test.labels, test.probs)
                 # The split that decides: validation when held out, else (--val 0) the test set; with a
                 # fixed schedule and no validation nothing decides, and best.pt is the last epoch.
                 loss, acc = (val_loss, val_acc) if val_loss is not None and val_acc is not None else (test_loss, test_acc)
                 if not parts.per_step:
                     parts.scheduler.step(loss)  # type: ignore[arg-type]  # ReduceLROnPlateau: the metric
                 row = {"epoch": epoch + 1, "train_loss": sums.loss, "train_acc": sums.acc, "test_loss": test_loss,
-                       "test_acc": test_acc, "lr": sums.lr, "seconds": sums.seconds + time.perf_counter() - t_eval,
+                       "test_acc": test_acc, "test_acc_tta": test_acc_tta, "lr": sums.lr, "seconds": sums.seconds + time.perf_counter() - t_eval,
                        "img_per_s": sums.seen / max(sums.seconds, 1e-9), "val_loss": val_loss, "val_acc": val_acc,
                        "wall_seconds": state.wall_seconds}
                 improved = state.record(row, acc, latest=decided_on == "last epoch")
@@ -134,7 +137,8 @@ def train(cfg: TrainConfig, resume: str | Path | None = None, extra_epochs_to: i
     best = state.best_row or {}
     return TrainResult(run, state.best_acc, state.best_epoch, cfg.optim.epochs, state.wall_seconds, main=ctx.main,
                        decided_on=decided_on, best_test_acc=best.get("test_acc", float("nan")),
-                       final_test_acc=state.rows[-1]["test_acc"] if state.rows else float("nan"))
+                       final_test_acc=state.rows[-1]["test_acc"] if state.rows else float("nan"),
+                       final_test_acc_tta=state.rows[-1].get("test_acc_tta", float("nan")) if state.rows else float("nan"))
 
 
 # ---- small pieces the loop reads better without --------------------------------------------------
@@ -222,7 +226,8 @@ def _decides(cfg: TrainConfig, val: Any) -> str:
 
 def _epoch_line(row: dict[str, Any], epochs: int, improved: bool) -> str:
     val = f"val loss {row['val_loss']:.4f} acc {100 * row['val_acc']:5.2f}%  " if row.get("val_acc") is not None else ""
+    tta = f"flip TTA {100 * row['test_acc_tta']:5.2f}%  " if math.isfinite(row.get("test_acc_tta", math.nan)) else ""
     return (f"epoch {int(row['epoch']):>3}/{epochs}  train loss {row['train_loss']:.4f} "
             f"acc {100 * row['train_acc']:5.2f}%  {val}test loss {row['test_loss']:.4f} acc {100 * row['test_acc']:5.2f}%  "
-            f"lr {row['lr']:.2g}  {row['seconds']:.1f} s  {row['img_per_s']:,.0f} img/s"
+            f"{tta}lr {row['lr']:.2g}  {row['seconds']:.1f} s  {row['img_per_s']:,.0f} img/s"
             + ("  *best" if improved else ""))

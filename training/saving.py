@@ -55,12 +55,14 @@ def summary_of(state: TrainState, status: Status, epochs: int, decided_on: str) 
     best, last = state.best_row, (state.rows[-1] if state.rows else None)
     return RunSummary(status=status, epochs_done=state.epoch, epochs=epochs, best_acc=state.best_acc,
                       best_epoch=state.best_epoch, wall_seconds=state.wall_seconds, decided_on=decided_on,
-                      best_test_acc=_scored(best), final_test_acc=_scored(last))
+                      best_test_acc=_scored(best), final_test_acc=_scored(last),
+                      final_test_acc_tta=_scored(last, "test_acc_tta"))
 
 
-def _scored(row: dict[str, Any] | None) -> float | None:
-    """An epoch's test accuracy; None where the test set was not scored (--test-every needed)."""
-    value = row["test_acc"] if row else None
+def _scored(row: dict[str, Any] | None, key: str = "test_acc") -> float | None:
+    """An epoch's test accuracy; None where the test set was not scored (--test-every needed) or,
+    for flip TTA, not with --tta."""
+    value = row.get(key) if row else None
     return value if value is not None and value == value else None
 
 
