@@ -325,9 +325,8 @@ def _fast(cfg: TrainConfig) -> TrainConfig:
     set is scored only at the last epoch on every device (`--test-every needed`; on a CPU a test
     pass is a sixth of an epoch): `--test-every epoch` draws the per-epoch test curve. That pass
     also scores flip TTA (`--tta`), reported beside the plain accuracy: it helped every model
-    measured. `--cutout`
-    turns on the 8-pixel cutout the recipe had before full-data runs showed it costs accuracy in
-    15 epochs. The ablation behind each value is in docs/BENCHMARKS.md ("Time to accuracy")."""
+    measured. `--cutout` turns on the 8-pixel cutout the recipe had before full-data runs showed
+    it costs accuracy in 15 epochs. The ablation behind each value is in docs/BENCHMARKS.md ("Time to accuracy")."""
     cfg.optim.epochs = 15
     cfg.optim.batch_size = 256
     cfg.optim.schedule = "onecycle"
