@@ -34,6 +34,7 @@ from common.rundir import RunDir  # noqa: E402
 ORIGINAL_TEST = {1: 40.1, 2: 52.2, 3: 60.9, 4: 51.7, 5: 68.8, 8: 71.0, 9: 77.4, 10: 74.5}
 ORIGINAL_TRAIN = {1: 30.4, 2: 48.0, 3: 56.3}
 ORIGINAL_40_EPOCHS = 88.56
+RUN_COLORS = [f"C{k}" for k in range(10) if k != 3]  # C3 (red) is the original's
 
 
 def read_curve(run: Path) -> tuple[list[int], list[float], list[float], list[float]]:
@@ -78,7 +79,7 @@ def main(out: Path, runs: list[Path], lengths: list[Path] | None = None) -> None
     last_epoch = max(ORIGINAL_TEST)
     for i, run in enumerate(runs):
         epochs, test, train, minutes = read_curve(run)
-        color, label = f"C{i}", label_of(run)
+        color, label = RUN_COLORS[i % len(RUN_COLORS)], label_of(run)
         scored = [j for j, acc in enumerate(test) if math.isfinite(acc)]  # --test-every needed skips epochs
         by_epoch.plot([epochs[j] for j in scored], [test[j] for j in scored], "o-", color=color, label=f"{label}: test")
         by_epoch.plot(epochs, train, "o--", color=color, alpha=0.5, label=f"{label}: train (augmented)")
