@@ -120,7 +120,8 @@ def train(cfg: TrainConfig, resume: str | Path | None = None, extra_epochs_to: i
                 if not parts.per_step:
                     parts.scheduler.step(loss)  # type: ignore[arg-type]  # ReduceLROnPlateau: the metric
                 row = {"epoch": epoch + 1, "train_loss": sums.loss, "train_acc": sums.acc, "test_loss": test_loss,
-                       "test_acc": test_acc, "test_acc_tta": test_acc_tta, "lr": sums.lr, "seconds": sums.seconds + time.perf_counter() - t_eval,
+                       "test_acc": test_acc, "test_acc_tta": test_acc_tta, "lr": sums.lr,
+                       "seconds": sums.seconds + time.perf_counter() - t_eval,
                        "img_per_s": sums.seen / max(sums.seconds, 1e-9), "val_loss": val_loss, "val_acc": val_acc,
                        "wall_seconds": state.wall_seconds}
                 improved = state.record(row, acc, latest=decided_on == "last epoch")
@@ -134,11 +135,10 @@ def train(cfg: TrainConfig, resume: str | Path | None = None, extra_epochs_to: i
             tensorboard.close()
         on_main(ctx, curves)
         finish(ctx, run, state, parts, cfg.optim.epochs, decided_on)
-    best = state.best_row or {}
+    best, final = state.best_row or {}, state.rows[-1] if state.rows else {}
     return TrainResult(run, state.best_acc, state.best_epoch, cfg.optim.epochs, state.wall_seconds, main=ctx.main,
-                       decided_on=decided_on, best_test_acc=best.get("test_acc", float("nan")),
-                       final_test_acc=state.rows[-1]["test_acc"] if state.rows else float("nan"),
-                       final_test_acc_tta=state.rows[-1].get("test_acc_tta", float("nan")) if state.rows else float("nan"))
+                       decided_on=decided_on, best_test_acc=best.get("test_acc", math.nan),
+                       final_test_acc=final.get("test_acc", math.nan), final_test_acc_tta=final.get("test_acc_tta", math.nan))
 
 
 # ---- small pieces the loop reads better without --------------------------------------------------
