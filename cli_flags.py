@@ -80,6 +80,9 @@ FLAGS: tuple[Flag, ...] = (
          "Smaller trains faster and learns less: for smoke runs."),
     Flag("zero_init", ("model", "zero_init"), bool | None,
          "Zero-init the last norm of each residual block.", ("--zero-init/--no-zero-init",)),
+    Flag("weight_std", ("model", "weight_std"), bool | None,
+         "Weight Standardization: every conv filter centred and scaled to unit variance before use (no extra "
+         "parameters).", ("--weight-std/--no-weight-std",)),
     Flag("recipe", None, str | None, f"A named preset ({', '.join(RECIPES)}); 'assignment' is the original "
          "assignment exactly; 'fast' is time to accuracy (one-cycle schedule, 15 epochs on all training images). "
          "Flags given beside it override it."),

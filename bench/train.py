@@ -2,8 +2,9 @@
 
 (a) the full train step fed by this loader, (b) the same step on synthetic tensors already in
 memory (model-only, the ceiling), (c) a plain baseline: torchvision DataLoader, NCHW fp32, no AMP.
-a/b near 1 means the loader keeps up. On CPU, (b) is also timed in the other memory format, which
-is how the CPU default (NCHW) was chosen.
+a/b near 1 means the loader keeps up. (b) is also timed in the other memory format, which is how
+the CPU default (NCHW) was chosen, and with weight-standardized convs (`--weight-std`), whose
+per-step cost is the ratio printed beside it.
 """
 
 from __future__ import annotations
@@ -23,11 +24,11 @@ from training.device import DeviceSetup, resolve_device
 
 
 def _steps_rate(batches: Iterable, setup: DeviceSetup, warmup: int, steps: int, norm: str,
-                compile: bool = False) -> float:
+                compile: bool = False, weight_std: bool = False) -> float:
     """img/s of full train steps (forward, backward, SGD) after `warmup` untimed ones (which also
     absorb torch.compile's compilation when `compile`)."""
     torch.manual_seed(0)
-    model = build_model(ModelConfig(norm=norm)).to(setup.device)
+    model = build_model(ModelConfig(norm=norm, weight_std=weight_std)).to(setup.device)
     if setup.channels_last:
         model = model.to(memory_format=torch.channels_last)
     step_model = torch.compile(model) if compile else model
@@ -87,6 +88,8 @@ def bench_train(data_dir: str | Path = "data", batch_size: int = 128, steps: int
     rate_b_other = _steps_rate(_synthetic(batch_size, setup.device), other, warmup, steps, norm)
     fmt = "channels-last" if other.channels_last else "NCHW"
     log(f"    (b) in {fmt} instead:                 {rate_b_other:>9,.1f} img/s")
+    rate_b_ws = _steps_rate(_synthetic(batch_size, setup.device), setup, warmup, steps, norm, weight_std=True)
+    log(f"    (b) with --weight-std convs:                {rate_b_ws:>9,.1f} img/s ({rate_b_ws / rate_b:.2f}x of (b))")
 
     from torch.utils.data import DataLoader, TensorDataset
     from torchvision import transforms as T
@@ -113,7 +116,8 @@ def bench_train(data_dir: str | Path = "data", batch_size: int = 128, steps: int
     precision = _precision_grid(setup, batch_size, warmup, steps, norm, epoch_images, log) if precisions else []
     return {"benchmark": "train", "device": setup.describe(), "data": what, "batch_size": batch_size,
             "steps": steps, "loader_img_s": rate_a, "model_only_img_s": rate_b,
-            "model_only_other_format_img_s": rate_b_other, "other_format": fmt, "baseline_img_s": rate_c,
+            "model_only_other_format_img_s": rate_b_other, "other_format": fmt,
+            "model_only_weight_std_img_s": rate_b_ws, "weight_std_ratio": rate_b_ws / rate_b, "baseline_img_s": rate_c,
             "ratio": rate_a / rate_b, "ratio_vs_baseline": rate_a / rate_c, "precision_grid": precision,
             "machine": machine()}
 

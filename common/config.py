@@ -97,6 +97,10 @@ class ModelConfig:
     # Zero-init the last norm's scale in each residual block (Goyal et al. 2017, timm's zero_init_last):
     # with BatchNorm shortcuts it speeds up the first epochs (same section of docs/BENCHMARKS.md).
     zero_init: bool = True
+    # Weight Standardization (Qiao et al. 2019, timm's StdConv2d): each conv filter is centred and
+    # scaled to unit variance before use. Off by default: it changes what the model computes, and
+    # whether it helps this LayerNorm network is measured in docs/BENCHMARKS.md ("Time to accuracy").
+    weight_std: bool = False
     # Channels of the first stage; the four stages have 1, 2, 4 and 8 times as many. 64 is ResNet-18
     # as published (11.2M parameters); a smaller width trains faster and learns less (smoke runs,
     # and the test suite's runs, which exercise the training machinery rather than the network).

@@ -21,6 +21,24 @@ from torch import nn
 from common.config import ModelConfig
 
 NormFactory = Callable[[int], nn.Module]
+WS_EPS = 1e-6  # added to each filter's variance (timm's StdConv2d value)
+
+
+class StdConv2d(nn.Conv2d):
+    """Conv2d with Weight Standardization (Qiao et al. 2019; timm's `StdConv2d`): each output
+    filter is centred and divided by its standard deviation at every forward, so the learned
+    weight's per-filter mean and scale carry no meaning and the norm after it sees filters of one
+    scale. No extra parameters, and the state-dict keys are Conv2d's, so a checkpoint loads into
+    either class (the run's config.json says which one it trained with)."""
+
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]  # Conv2d's own signature
+        self.eps = WS_EPS  # an instance attribute: TorchScript reads those, not globals or class attributes
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        w = self.weight
+        var, mean = torch.var_mean(w, dim=(1, 2, 3), keepdim=True, correction=0)
+        return self._conv_forward(x, (w - mean) * torch.rsqrt(var + self.eps), self.bias)
 
 
 def norm_factory(norm: str, groups: int = 32) -> NormFactory:
@@ -35,19 +53,19 @@ def norm_factory(norm: str, groups: int = 32) -> NormFactory:
 
 class BasicBlock(nn.Module):
     def __init__(self, in_planes: int, planes: int, stride: int, norm: NormFactory,
-                 shortcut_norm: NormFactory | None = None):
+                 shortcut_norm: NormFactory | None = None, conv: type[nn.Conv2d] = nn.Conv2d):
         super().__init__()
         # `bn1`/`bn2` hold whichever norm was chosen (LayerNorm by default), not necessarily
         # BatchNorm: the names are kept so checkpoints stay loadable across versions.
-        self.conv1 = nn.Conv2d(in_planes, planes, 3, stride=stride, padding=1, bias=False)
+        self.conv1 = conv(in_planes, planes, 3, stride=stride, padding=1, bias=False)
         self.bn1 = norm(planes)
-        self.conv2 = nn.Conv2d(planes, planes, 3, stride=1, padding=1, bias=False)
+        self.conv2 = conv(planes, planes, 3, stride=1, padding=1, bias=False)
         self.bn2 = norm(planes)
         self.shortcut = nn.Sequential()
         if stride != 1 or in_planes != planes:
             # Projection shortcut (3 in ResNet-18): its norm is `shortcut_norm` (the main path's
             # by default; BatchNorm in the original assignment, see ModelConfig.shortcut_norm).
-            self.shortcut = nn.Sequential(nn.Conv2d(in_planes, planes, 1, stride=stride, bias=False),
+            self.shortcut = nn.Sequential(conv(in_planes, planes, 1, stride=stride, bias=False),
                                           (shortcut_norm or norm)(planes))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -58,11 +76,13 @@ class BasicBlock(nn.Module):
 
 class ResNet(nn.Module):
     def __init__(self, num_blocks: tuple[int, int, int, int], norm: NormFactory, num_classes: int = 10,
-                 shortcut_norm: NormFactory | None = None, zero_init: bool = True, width: int = 64):
+                 shortcut_norm: NormFactory | None = None, zero_init: bool = True, width: int = 64,
+                 conv: type[nn.Conv2d] = nn.Conv2d):
         super().__init__()
         self.shortcut_norm = shortcut_norm
+        self.conv = conv
         self.in_planes = width
-        self.conv1 = nn.Conv2d(3, width, 3, stride=1, padding=1, bias=False)
+        self.conv1 = conv(3, width, 3, stride=1, padding=1, bias=False)
         self.bn1 = norm(width)
         self.layer1 = self._make_layer(width, num_blocks[0], 1, norm)
         self.layer2 = self._make_layer(2 * width, num_blocks[1], 2, norm)
@@ -80,7 +100,7 @@ class ResNet(nn.Module):
     def _make_layer(self, planes: int, blocks: int, stride: int, norm: NormFactory) -> nn.Sequential:
         layers = []
         for s in [stride] + [1] * (blocks - 1):
-            layers.append(BasicBlock(self.in_planes, planes, s, norm, self.shortcut_norm))
+            layers.append(BasicBlock(self.in_planes, planes, s, norm, self.shortcut_norm, self.conv))
             self.in_planes = planes
         return nn.Sequential(*layers)
 
@@ -92,16 +112,18 @@ class ResNet(nn.Module):
 
 
 def ResNet18(norm: str = "layer", groups: int = 32, num_classes: int = 10, shortcut_norm: str = "same",
-             zero_init: bool = True, width: int = 64) -> ResNet:
-    """`width`: channels of the first stage (64 as published); the stages have 1, 2, 4, 8 × width."""
+             zero_init: bool = True, width: int = 64, weight_std: bool = False) -> ResNet:
+    """`width`: channels of the first stage (64 as published); the stages have 1, 2, 4, 8 × width.
+    `weight_std`: every conv (stem, blocks, shortcuts) is a `StdConv2d`."""
     shortcut = None if shortcut_norm in ("same", norm) else norm_factory(shortcut_norm, groups)
-    return ResNet((2, 2, 2, 2), norm_factory(norm, groups), num_classes, shortcut, zero_init, width)
+    return ResNet((2, 2, 2, 2), norm_factory(norm, groups), num_classes, shortcut, zero_init, width,
+                  StdConv2d if weight_std else nn.Conv2d)
 
 
 def build_model(cfg: ModelConfig) -> ResNet:
     cfg.validate()
     return ResNet18(cfg.norm, cfg.groups, num_classes=cfg.num_classes, shortcut_norm=cfg.shortcut_norm,
-                    zero_init=cfg.zero_init, width=cfg.width)
+                    zero_init=cfg.zero_init, width=cfg.width, weight_std=cfg.weight_std)
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -13,8 +13,9 @@ def describe_norms(cfg: ModelConfig) -> str:
     names = {"layer": "LayerNorm (GroupNorm(1, C))", "group": f"GroupNorm({cfg.groups}, C)", "batch": "BatchNorm2d"}
     shortcut = cfg.norm if cfg.shortcut_norm == "same" else cfg.shortcut_norm
     init = "zero-init last norm per block" if cfg.zero_init else "no zero-init"
+    convs = "; weight-standardized convs" if cfg.weight_std else ""
     return (f"ResNet-18: {names[cfg.norm]} on the stem and main path, {names[shortcut]} on the 3 projection "
-            f"shortcuts; {init}")
+            f"shortcuts; {init}{convs}")
 
 
 def summary_table(model: nn.Module, input_size: tuple[int, ...] = (1, 3, 32, 32)) -> str:

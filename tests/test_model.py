@@ -124,3 +124,28 @@ def test_width_scales_every_stage_and_is_checked():
         build_model(ModelConfig(width=0))
     with pytest.raises(UserError, match=r"--groups must divide every stage's channels \(8, 16, 32, 64"):
         build_model(ModelConfig(norm="group", width=8, groups=32))
+
+
+def test_weight_std_convs_standardize_each_filter_and_keep_conv2d_keys():
+    """`--weight-std`: every conv computes with its filters centred and at unit variance (so scaling
+    a filter changes nothing), the parameter count is ResNet-18's, and the state dict is a plain
+    model's, so checkpoints move between the two classes."""
+    from models.resnet import WS_EPS, StdConv2d
+
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(weight_std=True, width=8)).eval()
+    convs = [m for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert convs and all(isinstance(m, StdConv2d) for m in convs)
+    assert count_parameters(build_model(ModelConfig(weight_std=True))) == 11_173_962
+    conv, x = convs[1], torch.randn(2, convs[1].in_channels, 8, 8)
+    w = conv.weight.detach()
+    var = w.var(dim=(1, 2, 3), keepdim=True, correction=0)
+    standard = (w - w.mean(dim=(1, 2, 3), keepdim=True)) / (var + WS_EPS).sqrt()
+    expected = F.conv2d(x, standard, stride=conv.stride, padding=conv.padding)
+    torch.testing.assert_close(conv(x), expected, rtol=1e-4, atol=1e-4)
+    with torch.no_grad():
+        conv.weight.mul_(3.0).add_(0.5)  # a per-filter scale and shift: standardized away
+    torch.testing.assert_close(conv(x), expected, rtol=1e-3, atol=1e-3)
+    plain = build_model(ModelConfig(width=8))
+    plain.load_state_dict(model.state_dict())
+    assert not any(isinstance(m, StdConv2d) for m in plain.modules())
