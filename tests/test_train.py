@@ -300,12 +300,18 @@ def test_flip_tta_reports_both_accuracies(full_run):
 def test_train_tta_scores_the_final_test_pass_both_ways(full_run, prepared_dir, tmp_path):
     """--tta: the test pass also scores flip TTA, equal to what `evaluate --tta` computes from the
     saved weights; metrics.csv, summary.json and the done line carry it beside the plain accuracy,
-    which (like the saved predictions) stays the plain pass's. Runs without it leave it empty."""
+    which (like the saved predictions) stays the plain pass's. Runs without it leave it empty.
+    The run is also `--weight-std` (the flag's end-to-end case): its checkpoint reloads as a
+    weight-standardized model, which is why `evaluate` scores what training did."""
     from analysis.inspection.evaluate import evaluate
+    from models.loading import load_run_model
+    from models.resnet import StdConv2d
 
     cfg = tiny_config(prepared_dir, tmp_path / "tta", epochs=1)
     cfg.run.tta = True
+    cfg.model.weight_std = True
     result = run_train(cfg)
+    assert any(isinstance(m, StdConv2d) for m in load_run_model(result.run, "last").modules())
     row = result.run.read_metrics()[-1]
     summary = result.run.read_summary()
     tta = evaluate(result.run.path, which="last", tta=True)

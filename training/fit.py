@@ -204,6 +204,7 @@ def _header(run: RunDir, cfg: TrainConfig, setup: Any, ctx: Any, loaders: Any, s
              if ctx.enabled else "")
     shortcut = "" if cfg.model.shortcut_norm in ("same", cfg.model.norm) else f", {cfg.model.shortcut_norm}-norm shortcuts"
     width = "" if cfg.model.width == 64 else f", width {cfg.model.width}"
+    width += ", weight-standardized convs" if cfg.model.weight_std else ""
     start = state.epoch + 1
     partial = f" (epoch {start} from step {state.partial.step + 1})" if state.partial else ""
     note = f"; {setup.note}" if setup.note else ""
