@@ -153,6 +153,29 @@ def test_needed_scoring_leaves_test_cells_empty_between_bests(prepared_dir, tmp_
     assert result.run.read_summary().final_test_acc == rows[-1]["test_acc"]
 
 
+def test_a_summary_before_any_scored_epoch_is_strict_json():
+    """Mid-run under --test-every needed the epochs score NaN, and an interrupted run's
+    summary.json said `"best_acc": NaN`, which strict JSON parsers refuse: it says null until an
+    epoch is scored, and the score once one is."""
+    import json
+
+    from common.records import Status
+    from training.saving import summary_of
+    from training.state import TrainState
+
+    def strict(summary) -> dict:
+        def refuse(name: str) -> None:
+            raise ValueError(name)
+        return json.loads(json.dumps(summary.to_dict()), parse_constant=refuse)
+
+    state = TrainState(run_id="r")
+    assert strict(summary_of(state, Status.RUNNING, 3, "last epoch")).get("best_acc") is None
+    state.record({"epoch": 1, "test_acc": float("nan")}, float("nan"), latest=True)
+    assert strict(summary_of(state, Status.INTERRUPTED, 3, "last epoch")).get("best_acc") is None
+    state.record({"epoch": 2, "test_acc": 0.5}, 0.5, latest=True)
+    assert strict(summary_of(state, Status.FINISHED, 2, "last epoch"))["best_acc"] == 0.5
+
+
 def test_an_old_config_is_read_in_the_current_format_in_one_place(tmp_path):
     """common/upgrade.py: each field's absence means what it meant when the run was written; a
     current record passes through unchanged."""

@@ -53,7 +53,11 @@ def on_main(ctx: DistContext, fn: Callable[[], T]) -> T | None:
 def summary_of(state: TrainState, status: Status, epochs: int, decided_on: str) -> RunSummary:
     """summary.json says which split chose best.pt, and the test accuracy there and at the end."""
     best, last = state.best_row, (state.rows[-1] if state.rows else None)
-    return RunSummary(status=status, epochs_done=state.epoch, epochs=epochs, best_acc=state.best_acc,
+    # No number where no epoch was scored yet (--test-every needed mid-run: its epochs record NaN),
+    # so summary.json stays strict JSON.
+    scored = state.best_epoch > 0 and state.best_acc == state.best_acc
+    return RunSummary(status=status, epochs_done=state.epoch, epochs=epochs,
+                      best_acc=state.best_acc if scored else None,
                       best_epoch=state.best_epoch, wall_seconds=state.wall_seconds, decided_on=decided_on,
                       best_test_acc=_scored(best), final_test_acc=_scored(last),
                       final_test_acc_tta=_scored(last, "test_acc_tta"))
