@@ -84,8 +84,8 @@ FLAGS: tuple[Flag, ...] = (
          "Weight Standardization: every conv filter centred and scaled to unit variance before use (no extra "
          "parameters).", ("--weight-std/--no-weight-std",)),
     Flag("recipe", None, str | None, f"A named preset ({', '.join(RECIPES)}); 'assignment' is the original "
-         "assignment exactly; 'fast' is time to accuracy (one-cycle schedule, 15 epochs on all training images). "
-         "Flags given beside it override it."),
+         "assignment exactly; 'fast' is time to accuracy (weight-standardized convs, one-cycle schedule, "
+         "15 epochs on all training images). Flags given beside it override it."),
     Flag("crop", ("augment", "crop"), bool | None, "Random pad + crop.", ("--crop/--no-crop",)),
     Flag("pad", ("augment", "pad"), int | None, "Padding for the random crop."),
     Flag("flip", ("augment", "flip"), bool | None, "Random horizontal flip.", ("--flip/--no-flip",)),
