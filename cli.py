@@ -204,7 +204,8 @@ def summary(
     shortcut_norm: str | None = typer.Option(None, help="Norm of the 3 projection shortcuts: same, layer, group, batch (default: the train default, batch)."),
     zero_init: bool = typer.Option(True, "--zero-init/--no-zero-init", help="Zero-init the last norm of each block."),
     width: int = typer.Option(64, help="Channels of the first stage (64: ResNet-18 as published)."),
-    recipe: str | None = typer.Option(None, help="Describe a recipe's model instead (e.g. assignment)."),
+    weight_std: bool = typer.Option(False, "--weight-std/--no-weight-std", help="Weight-standardized convs."),
+    recipe: str | None = typer.Option(None, help="Describe a recipe's model instead (e.g. assignment, fast)."),
 ) -> None:
     """Print the model's per-layer table (output shape, parameters) and totals."""
     from common.config import ModelConfig, TrainConfig, apply_recipe
@@ -214,7 +215,7 @@ def summary(
     if recipe is not None:
         model_cfg = apply_recipe(TrainConfig(), recipe).model
     else:
-        model_cfg = ModelConfig(norm=norm, groups=groups, zero_init=zero_init, width=width)
+        model_cfg = ModelConfig(norm=norm, groups=groups, zero_init=zero_init, width=width, weight_std=weight_std)
         model_cfg.shortcut_norm = shortcut_norm or model_cfg.shortcut_norm
     model_cfg.validate()  # an unknown --norm or --shortcut-norm is one line, before anything is printed
     typer.echo(describe_norms(model_cfg))

@@ -173,6 +173,10 @@ def test_fast_recipe_trains_weight_standardized_convs_unless_told_not_to():
     assert train_config({"recipe": "fast", "weight_std": False}).model.weight_std is False
     assert train_config({}).model.weight_std is False
     assert train_config({"recipe": "assignment"}).model.weight_std is False
+    from models.summary import describe_norms  # what `summary --recipe fast` and its --weight-std print
+
+    assert describe_norms(train_config({"recipe": "fast"}).model).endswith("; weight-standardized convs")
+    assert "standardized" not in describe_norms(train_config({}).model)
 
 
 def test_fast_recipe_cutout_flag_brings_back_its_8_pixel_cutout():
