@@ -92,14 +92,16 @@ def fake_probs(labels: np.ndarray, seed: int = 0, correct_every: int = 2) -> np.
 
 def make_run(path: Path, data_dir: Path, *, norm: str = "layer", weights_norm: str | None = None,
              checkpoints: tuple[str, ...] = ("best", "last"), probs: np.ndarray | None = None,
-             labels: np.ndarray | None = None, test_subset: int | None = None) -> RunDir:
-    """A run directory as training writes it; `weights_norm` != norm makes a mismatched one."""
+             labels: np.ndarray | None = None, test_subset: int | None = None, weight_std: bool = False) -> RunDir:
+    """A run directory as training writes it; `weights_norm` != norm makes a mismatched one;
+    `weight_std` records weight-standardized convs (the same weights load into either)."""
     run = RunDir(path)
     path.mkdir(parents=True, exist_ok=True)
     cfg = TrainConfig()
     cfg.data.data_dir = str(data_dir)
     cfg.model.norm, cfg.model.width, cfg.model.groups = norm, WIDTH, WIDTH
     cfg.data.test_subset = test_subset
+    cfg.model.weight_std = weight_std
     run.write_config({
         "train": cfg.to_dict(),
         "data": DataRecord(data_dir=str(data_dir), source="synthetic", official=False, train_mean=MEAN,

@@ -1,7 +1,8 @@
 """`export`: TorchScript and ONNX files that take uint8 images and match PyTorch, or no file at all.
 
 The run is the synthetic one the analysis tests build (untrained, seeded ResNet-18), with 260 test
-images so the parity check's cap of 256 is exercised.
+images so the parity check's cap of 256 is exercised, and weight-standardized convs, as `--recipe
+fast` trains them (the standardization is exported as ops, so both formats compute it).
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 def setup(tmp_path_factory):
     base = tmp_path_factory.mktemp("export")
     images, _ = write_test_arrays(base / "data", n=PARITY_IMAGES + 4, seed=3)
-    run = make_run(base / "runs" / "r", base / "data", checkpoints=("last",))
+    run = make_run(base / "runs" / "r", base / "data", checkpoints=("last",), weight_std=True)
     return run, images
 
 
