@@ -325,8 +325,8 @@ def apply_recipe(cfg: TrainConfig, recipe: str) -> TrainConfig:
 def _fast(cfg: TrainConfig) -> TrainConfig:
     """Time to accuracy on the default model (LayerNorm main path, BatchNorm shortcuts, zero-init)
     with weight-standardized convs (`--weight-std`: same parameters, +1.9 points after 15 epochs,
-    measured; `--no-weight-std` trains the plain convs): a one-cycle per-step schedule, Nesterov SGD, decay on weights only, label smoothing, flip +
-    pad-4 crop and no cutout, trained on all 50,000 images and reported at its last epoch (a fixed
+    measured; `--no-weight-std` trains the plain convs): a one-cycle per-step schedule, Nesterov
+    SGD, decay on weights only, label smoothing, flip + pad-4 crop and no cutout, trained on all 50,000 images and reported at its last epoch (a fixed
     schedule decides nothing, so no validation split is held out). For the same reason the test
     set is scored only at the last epoch on every device (`--test-every needed`; on a CPU a test
     pass is a sixth of an epoch): `--test-every epoch` draws the per-epoch test curve. That pass
