@@ -53,15 +53,18 @@ def read_curve(run: Path) -> tuple[list[int], list[float], list[float], list[flo
 
 
 def label_of(run: Path) -> str:
-    """The run's folder name and, where its config names them, its recipe and its device (the
-    minutes panel mixes machines)."""
+    """The run's folder name and, where its config names them, its recipe, whether its convs were
+    weight-standardized (`--recipe fast` had plain ones before), and its device (the minutes panel
+    mixes machines)."""
     rundir = RunDir(run)
     try:
-        recipe: str | None = rundir.train_config().recipe
+        cfg = rundir.train_config()
+        recipe: str | None = cfg.recipe
+        convs = "weight-std" if cfg.model.weight_std else ""
         device = str(rundir.read_config().get("device", "")).split(",")[0]
     except UserError:  # no config.json, or a damaged one: the folder name alone
-        recipe, device = None, ""
-    details = ", ".join(x for x in (f"--recipe {recipe}" if recipe else "", device) if x)
+        recipe, convs, device = None, "", ""
+    details = ", ".join(x for x in (f"--recipe {recipe}" if recipe else "", convs, device) if x)
     return f"{run.name} ({details})" if details else run.name
 
 

@@ -70,6 +70,11 @@ def test_beside_original_figure_is_drawn_from_runs_metrics_with_minutes(tmp_path
         module.final_point(new)  # its last epoch was not scored
     module.main(out, [old], [old, old])
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # Legends tell the recipe's two eras apart: its runs with plain convs and with weight-standardized ones.
+    records = ROOT / "docs" / "run_records" / "cpu-xeon-2026-12-04"
+    assert module.label_of(records / "fast-ws-s0").startswith("fast-ws-s0 (--recipe fast, weight-std, CPU")
+    assert "weight-std" not in module.label_of(records / "fast-s0")
+    assert module.label_of(tmp_path / "new") == "new"  # no config.json: the folder name alone
 
 
 def test_readme_stays_short_and_doc_links_resolve():
