@@ -157,7 +157,7 @@ def train(
               f"best epoch {result.best_epoch} chosen on {result.decided_on} ({result.decided_on} accuracy "
               f"{100 * result.best_acc:.2f}%); test accuracy at that epoch {100 * result.best_test_acc:.2f}%")
     epochs = f"{result.epochs_done} epoch{'' if result.epochs_done == 1 else 's'}"
-    tta = (f" ({100 * result.final_test_acc_tta:.2f}% with flip TTA)"
+    tta = (f" ({100 * result.final_test_acc_tta:.2f}% with {result.tta_name})"
            if result.final_test_acc_tta == result.final_test_acc_tta else "")
     typer.echo(f"done: {chosen}; final test accuracy {100 * result.final_test_acc:.2f}%{tta}; {epochs} "
                f"in {duration(result.seconds, compact=True)}; run in {result.run.path}")
@@ -251,12 +251,14 @@ def evaluate(
     which: str = typer.Option("best", help="Checkpoint: best or last."),
     recompute: bool = typer.Option(False, "--recompute", help="Run the model over the test set instead of reading saved predictions."),
     data: Path | None = typer.Option(None, help="Folder with test.npz (default: the one the run was trained on)."),
-    tta: bool = typer.Option(False, "--tta", help="Flip test-time augmentation: average each image's and its mirror's softmax (two passes over the test set); the plain accuracy is printed beside it."),
+    tta: bool = typer.Option(False, "--tta", help="Test-time augmentation, as the run's test pass scored it: each image and its mirror, and with the run's --tta-shift the shifted views too, logits averaged; the plain accuracy is printed beside it."),
+    tta_shift: int | None = typer.Option(None, "--tta-shift", help="With --tta: score these shifted views instead of the run's own (0 = flip only, 1 = airbench's six views)."),
 ) -> None:
     """Overall and per-class test accuracy and a confusion matrix."""
     from cli_analysis import evaluate_command
 
-    evaluate_command(run=_one_run(run, run_option), which=which, recompute=recompute, data=data, tta=tta)
+    evaluate_command(run=_one_run(run, run_option), which=which, recompute=recompute, data=data, tta=tta,
+                     tta_shift=tta_shift)
 
 
 @app.command()

@@ -133,6 +133,9 @@ FLAGS: tuple[Flag, ...] = (
          "Each test pass also scores flip test-time augmentation (each image's and its mirror's softmax averaged; a "
          "second forward), reported beside the plain accuracy in the epoch line, metrics.csv and summary.json.",
          ("--tta/--no-tta",)),
+    Flag("tta_shift", ("run", "tta_shift"), int | None,
+         "With --tta, also score each image shifted by this many pixels up-left and down-right, each with its "
+         "mirror (airbench's TTA: five extra forwards; 0 = flip only)."),
     Flag("quiet", None, bool | None, "No progress output.", ("--quiet/--no-quiet",)),
 )
 

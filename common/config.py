@@ -26,6 +26,8 @@ MAX_EPOCHS = 10_000
 MAX_BATCH = 65_536
 MAX_COUNT = 1_000_000_000  # images (--subset, --test-subset, --val) and steps (--max-steps, --warmup-steps)
 MAX_WORKERS = 1024
+MAX_TTA_SHIFT = 8  # pixels; reflect padding needs less than the image side, and past 8 a shifted view is one the
+# pad-4 training crop never showed
 MAX_WIDTH = 1024  # channels of the first stage (the last has 8 times as many)
 MAX_SEED = 2**32 - 1
 
@@ -235,6 +237,9 @@ class RunConfig:
     # Each test pass also scores flip test-time augmentation (a second forward on the mirrored
     # images), reported beside the plain accuracy; the plain one stays the record's test_acc.
     tta: bool = False
+    # With tta: also score the views shifted by this many pixels, each with its mirror (0 = flip
+    # TTA only; models/tta.py).
+    tta_shift: int = 0
 
 
 @dataclass
@@ -260,6 +265,8 @@ class TrainConfig:
             raise UserError(f"--seed must be between 0 and {MAX_SEED:,}, got {self.run.seed:,}")
         if self.run.test_every not in (None, *TEST_EVERY):
             raise UserError(f"--test-every must be one of {', '.join(TEST_EVERY)}, got {self.run.test_every!r}")
+        if not 0 <= self.run.tta_shift <= MAX_TTA_SHIFT:
+            raise UserError(f"--tta-shift must be between 0 and {MAX_TTA_SHIFT} pixels, got {self.run.tta_shift}")
         return self
 
     def to_dict(self) -> dict[str, Any]:
@@ -291,7 +298,7 @@ RECIPES = ("default", "assignment", "fast")
 # (section, field) a resumed run may change: how it runs, not what it learns. The data folder may
 # move (resume checks its sha256s against the run's record).
 ENVIRONMENT = (("run", "device"), ("run", "compile"), ("run", "amp"), ("run", "channels_last"), ("run", "tensorboard"), ("run", "test_every"),
-               ("run", "tta"),
+               ("run", "tta"), ("run", "tta_shift"),
                ("data", "workers"), ("data", "data_dir"), ("data", "loader"))
 
 
@@ -349,6 +356,6 @@ def _fast(cfg: TrainConfig) -> TrainConfig:
     cfg.augment.rotate = False
     cfg.augment.cutout, cfg.augment.cutout_size, cfg.augment.cutout_p = False, 8, 1.0
     cfg.run.test_every = "needed"
-    cfg.run.tta = True
+    cfg.run.tta, cfg.run.tta_shift = True, 1
     cfg.recipe = "fast"
     return cfg

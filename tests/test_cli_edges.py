@@ -294,14 +294,14 @@ def test_one_epoch_is_singular(tmp_path, monkeypatch):
 
     def fake_train(cfg, **kwargs):
         return SimpleNamespace(main=True, decided_on="last epoch", best_epoch=1, best_acc=0.5, best_test_acc=0.5,
-                               final_test_acc=0.5, final_test_acc_tta=0.55, epochs_done=1, seconds=3.0,
+                               final_test_acc=0.5, final_test_acc_tta=0.55, tta_name="flip + 1-px shift TTA", epochs_done=1, seconds=3.0,
                                run=SimpleNamespace(path=tmp_path))
 
     monkeypatch.setattr(training.fit, "train", fake_train)
     result = invoke("train", "--epochs", "1", "--run", tmp_path / "r")
     assert result.exit_code == 0, result.output
     assert "; 1 epoch in " in result.stdout and "1 epochs" not in result.stdout
-    assert "final test accuracy 50.00% (55.00% with flip TTA);" in result.stdout  # --tta's number beside
+    assert "final test accuracy 50.00% (55.00% with flip + 1-px shift TTA);" in result.stdout  # --tta's number beside
 
 
 def test_help_states_the_rule_of_each_computed_default():

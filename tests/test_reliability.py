@@ -206,7 +206,7 @@ def test_torchrun_two_cpu_ranks_with_gloo(prepared_dir, tmp_path):
     if not torchrun.is_file():
         pytest.skip("torchrun is not installed beside this Python")
     run = tmp_path / "ddp"
-    args = [*TRAIN_ARGS[:-2], "--workers", "1", "--tta"]  # one loader thread per rank on 2 cores
+    args = [*TRAIN_ARGS[:-2], "--workers", "1", "--tta", "--tta-shift", "1"]  # one loader thread per rank on 2 cores
     proc = subprocess.run([str(torchrun), "--standalone", "--nproc_per_node=2", str(ROOT / "cli.py"), "train",
                            "--data", str(prepared_dir), "--run-dir", str(run), *args],
                           capture_output=True, text=True, timeout=600)
@@ -235,7 +235,8 @@ def test_torchrun_two_cpu_ranks_with_gloo(prepared_dir, tmp_path):
     assert digest.hexdigest()[:16] == summary.weight_digests[0]
 
     # the test shards were gathered back into test order: a one-process pass over the same
-    # images with the saved weights gives the same predictions, and the same flip-TTA accuracy
+    # images with the saved weights gives the same predictions, and the same TTA accuracy
+    from analysis.inspection.evaluate import evaluate
     from analysis.inspection.test_predictions import predict_probs
     from pipeline.manifest import read_manifest, read_test_arrays
 
@@ -246,9 +247,7 @@ def test_torchrun_two_cpu_ranks_with_gloo(prepared_dir, tmp_path):
     saved = r.read_predictions("last")
     assert np.array_equal(saved.labels, labels[:50])
     np.testing.assert_allclose(saved.probs, probs, atol=1e-4)
-    mirrored = predict_probs(model, images[:50, :, ::-1], np.array(manifest["train_mean"]),
-                             np.array(manifest["train_std"]))
-    assert summary.final_test_acc_tta == float(((probs + mirrored).argmax(1) == labels[:50]).mean())
+    assert summary.final_test_acc_tta == evaluate(r.path, which="last", tta=True).accuracy
 
 
 # ---- 3. divergence --------------------------------------------------------------------------------

@@ -278,29 +278,36 @@ def test_the_guard_stops_a_finite_blow_up(prepared_dir, tmp_path, monkeypatch):
 
 
 def test_flip_tta_reports_both_accuracies(full_run):
-    """evaluate --tta scores the mean of each image's and its mirror's softmax, and reports the
-    plain accuracy (the saved predictions') beside it."""
+    """evaluate --tta on a run trained without --tta-shift scores flip TTA: the mean of each
+    image's logits (fp32, as saved) and its mirror's (in the run's precision on this CPU), and
+    reports the plain accuracy (the saved predictions') beside it."""
     from analysis.inspection.evaluate import evaluate
-    from analysis.inspection.test_predictions import predict_probs
-    from analysis.loading import load_model, load_test_set, open_run
+    from analysis.inspection.test_predictions import tta_views
+    from analysis.loading import load_model, load_test_set, open_run, to_model_input
 
     result = evaluate(full_run.run.path, which="last", tta=True)
     saved = full_run.run.read_predictions("last")
-    assert result.plain_accuracy == pytest.approx(saved.accuracy)
+    assert result.plain_accuracy == pytest.approx(saved.accuracy) and result.tta_name == "flip TTA"
     inputs = open_run(full_run.run.path, "last")
     images, labels = load_test_set(inputs)
     model = load_model(inputs)
-    both = (predict_probs(model, images, inputs.mean, inputs.std)
-            + predict_probs(model, images[:, :, ::-1], inputs.mean, inputs.std)) / 2
-    assert result.accuracy == pytest.approx(float((both.argmax(1) == labels).mean()))
+    setup = tta_views(inputs).setup
+    x = to_model_input(images, inputs.mean, inputs.std)
+    with torch.no_grad():
+        plain = model(x).float()
+        with setup.autocast():
+            mirror = model(setup.batch(x.flip(3))).float()
+    assert result.accuracy == float(((plain + mirror).argmax(1).numpy() == labels).mean())
     report = json.loads(result.json_path.read_text())
-    assert report["tta"] is True and report["accuracy_without_tta"] == pytest.approx(saved.accuracy, abs=1e-6)
+    assert report["tta"] is True and report["tta_views"] == "flip TTA"
+    assert report["accuracy_without_tta"] == pytest.approx(saved.accuracy, abs=1e-6)
 
 
 def test_train_tta_scores_the_final_test_pass_both_ways(full_run, prepared_dir, tmp_path):
-    """--tta: the test pass also scores flip TTA, equal to what `evaluate --tta` computes from the
-    saved weights; metrics.csv, summary.json and the done line carry it beside the plain accuracy,
-    which (like the saved predictions) stays the plain pass's. Runs without it leave it empty.
+    """--tta --tta-shift 1: the test pass also scores TTA with the shifted views, equal to what
+    `evaluate --tta` computes from the saved weights (it reads the run's shift); metrics.csv,
+    summary.json and the done line carry it beside the plain accuracy, which (like the saved
+    predictions) stays the plain pass's. Runs without it leave it empty.
     The run is also `--weight-std` (the flag's end-to-end case): its checkpoint reloads as a
     weight-standardized model, which is why `evaluate` scores what training did."""
     from analysis.inspection.evaluate import evaluate
@@ -308,7 +315,7 @@ def test_train_tta_scores_the_final_test_pass_both_ways(full_run, prepared_dir, 
     from models.resnet import StdConv2d
 
     cfg = tiny_config(prepared_dir, tmp_path / "tta", epochs=1)
-    cfg.run.tta = True
+    cfg.run.tta, cfg.run.tta_shift = True, 1
     cfg.model.weight_std = True
     result = run_train(cfg)
     assert any(isinstance(m, StdConv2d) for m in load_run_model(result.run, "last").modules())
@@ -317,10 +324,12 @@ def test_train_tta_scores_the_final_test_pass_both_ways(full_run, prepared_dir, 
     tta = evaluate(result.run.path, which="last", tta=True)
     assert row["test_acc_tta"] == summary.final_test_acc_tta == result.final_test_acc_tta == tta.accuracy
     assert row["test_acc"] == summary.final_test_acc == tta.plain_accuracy
+    assert result.tta_name == tta.tta_name == "flip + 1-px shift TTA"
+    assert evaluate(result.run.path, which="last", tta=True, tta_shift=0).tta_name == "flip TTA"
     assert result.run.read_predictions("last").accuracy == row["test_acc"]
     assert math.isnan(full_run.run.read_metrics()[-1]["test_acc_tta"])
     assert full_run.run.read_summary().final_test_acc_tta is None
     from analysis.report.run_page import read_run, run_document
 
     facts = dict(run_document(result.run, read_run(result.run), {}).facts)
-    assert facts["final test accuracy"].endswith("with flip TTA)")
+    assert facts["final test accuracy"].endswith("with flip + 1-px shift TTA)")

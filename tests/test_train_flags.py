@@ -13,6 +13,7 @@ import torch
 
 from cli_flags import FLAGS, given_environment, train_config
 from common.config import RECIPES, TrainConfig, apply_recipe
+from common.errors import UserError
 from common.rundir import RunDir
 from tests.test_reliability import train_argv, wait_for
 from tests.test_train import ROOT, assert_one_clear_error, cli
@@ -193,9 +194,14 @@ def test_fast_recipe_scores_the_test_set_at_its_end_unless_asked_for_every_epoch
     assert train_config({}).run.test_every is None
 
 
-def test_fast_recipe_reports_flip_tta_beside_the_plain_accuracy():
-    """Flip TTA helped every model measured (docs/BENCHMARKS.md), so `--recipe fast` scores it at its
-    test pass; --no-tta drops the second forward, and other recipes leave it off."""
-    assert train_config({"recipe": "fast"}).run.tta is True
+def test_fast_recipe_reports_tta_beside_the_plain_accuracy():
+    """TTA helped every model measured (docs/BENCHMARKS.md), so `--recipe fast` scores it at its
+    test pass, with the 1-pixel shifts (airbench's six views); --tta-shift 0 keeps the flip only,
+    --no-tta drops the extra forwards, and other recipes leave it off."""
+    fast = train_config({"recipe": "fast"}).run
+    assert fast.tta is True and fast.tta_shift == 1
+    assert train_config({"recipe": "fast", "tta_shift": 0}).run.tta_shift == 0
     assert train_config({"recipe": "fast", "tta": False}).run.tta is False
-    assert train_config({}).run.tta is False
+    assert train_config({}).run.tta is False and train_config({}).run.tta_shift == 0
+    with pytest.raises(UserError, match="--tta-shift must be between 0 and 8 pixels, got 9"):
+        train_config({"tta_shift": 9}).validate()

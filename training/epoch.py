@@ -23,6 +23,7 @@ from torch import nn
 
 from common.config import OptimConfig
 from common.errors import UserError
+from models.tta import tta_logits
 from training.components import Parts, warmup_factor
 from training.device import DeviceSetup
 from training.distributed import DistContext
@@ -256,10 +257,10 @@ class Scores(NamedTuple):
 
 
 def evaluate_loader(model: nn.Module, loader: SplitLoader, setup: DeviceSetup, ctx: DistContext | None = None,
-                    stopper: Stopper | None = None, tta: bool = False) -> Scores:
-    """Score a split in one pass (`Scores`). `tta` adds each image's mirror: its softmax averaged
-    with the image's gives the flip-TTA prediction (what `evaluate --tta` computes), a second
-    forward per batch; loss, probabilities and the saved predictions stay the plain pass's.
+                    stopper: Stopper | None = None, tta: bool = False, tta_shift: int = 0) -> Scores:
+    """Score a split in one pass (`Scores`). `tta` also scores test-time augmentation
+    (models/tta.py: the mirror, and with `tta_shift` the shifted views), what `evaluate --tta`
+    computes; loss, probabilities and the saved predictions stay the plain pass's.
 
     Under torchrun each rank scores its shard and the shards are gathered (DistributedSampler pads
     the last shard with repeats; they are dropped by index). A stop request on a single process
@@ -268,9 +269,10 @@ def evaluate_loader(model: nn.Module, loader: SplitLoader, setup: DeviceSetup, c
     ctx = ctx or DistContext()
     order = loader.order() if ctx.enabled else None
     model.eval()
-    losses, probs, labels, flipped = [], [], [], []  # kept on the device, moved to the host once at the end
-    # On the CPU the test pass runs in fp32 even when training uses bf16 autocast: it is a small
-    # part of an epoch there, and saved predictions then equal what analysis recomputes (fp32).
+    losses, probs, labels, combined = [], [], [], []  # kept on the device, moved to the host once at the end
+    # On the CPU the plain pass runs in fp32 even when training uses bf16 autocast, so saved
+    # predictions equal what analysis recomputes (fp32); TTA's extra views run in the training
+    # precision on every device, as `evaluate --tta` does (analysis/inspection/test_predictions.py).
     precision = setup.autocast() if setup.device.type == "cuda" else contextlib.nullcontext()
     with torch.no_grad(), precision:
         for x, y in loader:
@@ -282,19 +284,19 @@ def evaluate_loader(model: nn.Module, loader: SplitLoader, setup: DeviceSetup, c
             probs.append(torch.softmax(logits, 1))
             labels.append(y)
             if tta:
-                flipped.append(torch.softmax(model(setup.batch(x.flip(3))).float(), 1))
+                combined.append(tta_logits(model, x, logits, tta_shift, setup.autocast, setup.batch))
     loss = torch.cat(losses).cpu().numpy()
     p = torch.cat(probs).cpu().numpy()
     t = torch.cat(labels).cpu().numpy()
-    m = torch.cat(flipped).cpu().numpy() if tta else p  # the mirrors' probabilities
+    c = torch.cat(combined).cpu().numpy() if tta else p  # the TTA logits
     if ctx.enabled:
         assert order is not None
-        parts = ctx.gather((order[:len(t)], loss, t, p, m))
+        parts = ctx.gather((order[:len(t)], loss, t, p, c))
         idx = np.concatenate([part[0] for part in parts])
         _, first = np.unique(idx, return_index=True)  # sorted by test index, repeats dropped
-        loss, t, p, m = (np.concatenate([part[i] for part in parts])[first] for i in (1, 2, 3, 4))
+        loss, t, p, c = (np.concatenate([part[i] for part in parts])[first] for i in (1, 2, 3, 4))
     n = max(len(t), 1)
-    tta_acc = float(((p + m).argmax(1) == t).mean()) if tta else float("nan")
+    tta_acc = float((c.argmax(1) == t).mean()) if tta else float("nan")
     return Scores(float(loss.sum() / n), float((p.argmax(1) == t).mean()), t, p, tta_acc)
 
 
@@ -307,7 +309,7 @@ def score_test(every: str, decided_on: str, last: bool, new_best_on_val: bool) -
 
 
 def evaluate_or_stop(session: Session, loader: SplitLoader, epoch: int, sums: EpochSums,
-                     tta: bool = False) -> Scores:
+                     tta: bool = False, tta_shift: int = 0) -> Scores:
     """Score a split after an epoch. Under torchrun BatchNorm running statistics differ between
     ranks (DDP syncs buffers only before each forward), so rank 0's are broadcast first: every rank
     then scores its shard with the same model, and the end-of-run weight digests agree."""
@@ -316,6 +318,6 @@ def evaluate_or_stop(session: Session, loader: SplitLoader, epoch: int, sums: Ep
     if parts.ema is not None:
         ctx.broadcast_buffers(parts.ema.module)
     try:
-        return evaluate_loader(parts.eval_model, loader, session.setup, ctx, stopper, tta)
+        return evaluate_loader(parts.eval_model, loader, session.setup, ctx, stopper, tta, tta_shift)
     except _StopDuringEval:
         raise StopRequested(stopper.requested or "SIGTERM", sums.partial(epoch, session.steps, ctx.world)) from None

@@ -27,6 +27,7 @@ from typing import Any
 from common.config import TrainConfig
 from common.lock import FolderLock, reading_data
 from common.rundir import RunDir
+from models.tta import tta_name
 from training.components import build_loaders, build_parts, holdout
 from training.device import resolve_device
 from training.distributed import context, device_for
@@ -52,6 +53,7 @@ class TrainResult:
     best_test_acc: float = float("nan")  # test accuracy at best_epoch
     final_test_acc: float = float("nan")
     final_test_acc_tta: float = float("nan")  # with --tta
+    tta_name: str = "flip TTA"  # what final_test_acc_tta scored (models/tta.py)
 
 
 def train(cfg: TrainConfig, resume: str | Path | None = None, extra_epochs_to: int | None = None,
@@ -111,7 +113,7 @@ def train(cfg: TrainConfig, resume: str | Path | None = None, extra_epochs_to: i
                 scored = None
                 test_loss = test_acc = test_acc_tta = float("nan")
                 if score_test(test_every, decided_on, last, val_acc is not None and val_acc > state.best_acc):
-                    test = evaluate_or_stop(session, test_loader, epoch, sums, tta=cfg.run.tta)
+                    test = evaluate_or_stop(session, test_loader, epoch, sums, cfg.run.tta, cfg.run.tta_shift)
                     test_loss, test_acc, test_acc_tta = test.loss, test.acc, test.tta_acc
                     scored = (test.labels, test.probs)
                 # The split that decides: validation when held out, else (--val 0) the test set; with a
@@ -127,7 +129,7 @@ def train(cfg: TrainConfig, resume: str | Path | None = None, extra_epochs_to: i
                 improved = state.record(row, acc, latest=decided_on == "last epoch")
                 on_main(ctx, functools.partial(save_epoch, run, state, parts, scored, improved, cfg.optim.epochs,
                                                decided_on, writer, tensorboard))
-                log(_epoch_line(row, cfg.optim.epochs, improved))
+                log(_epoch_line(row, cfg.optim.epochs, improved, tta_name(cfg.run.tta_shift)))
                 if stopper.agreed(ctx) and epoch + 1 < cfg.optim.epochs:
                     raise StopRequested(stopper.requested or "SIGTERM", None)
             on_main(ctx, writer.wait)  # the last epoch's files, inside run_status: a failed write is the run's status
@@ -138,7 +140,8 @@ def train(cfg: TrainConfig, resume: str | Path | None = None, extra_epochs_to: i
     best, final = state.best_row or {}, state.rows[-1] if state.rows else {}
     return TrainResult(run, state.best_acc, state.best_epoch, cfg.optim.epochs, state.wall_seconds, main=ctx.main,
                        decided_on=decided_on, best_test_acc=best.get("test_acc", math.nan),
-                       final_test_acc=final.get("test_acc", math.nan), final_test_acc_tta=final.get("test_acc_tta", math.nan))
+                       final_test_acc=final.get("test_acc", math.nan), final_test_acc_tta=final.get("test_acc_tta", math.nan),
+                       tta_name=tta_name(cfg.run.tta_shift))
 
 
 # ---- small pieces the loop reads better without --------------------------------------------------
@@ -225,9 +228,9 @@ def _decides(cfg: TrainConfig, val: Any) -> str:
     return " (no validation split: a fixed schedule, best.pt is the last epoch)"
 
 
-def _epoch_line(row: dict[str, Any], epochs: int, improved: bool) -> str:
+def _epoch_line(row: dict[str, Any], epochs: int, improved: bool, tta_kind: str = "flip TTA") -> str:
     val = f"val loss {row['val_loss']:.4f} acc {100 * row['val_acc']:5.2f}%  " if row.get("val_acc") is not None else ""
-    tta = f"flip TTA {100 * row['test_acc_tta']:5.2f}%  " if math.isfinite(row.get("test_acc_tta", math.nan)) else ""
+    tta = f"{tta_kind} {100 * row['test_acc_tta']:5.2f}%  " if math.isfinite(row.get("test_acc_tta", math.nan)) else ""
     return (f"epoch {int(row['epoch']):>3}/{epochs}  train loss {row['train_loss']:.4f} "
             f"acc {100 * row['train_acc']:5.2f}%  {val}test loss {row['test_loss']:.4f} acc {100 * row['test_acc']:5.2f}%  "
             f"{tta}lr {row['lr']:.2g}  {row['seconds']:.1f} s  {row['img_per_s']:,.0f} img/s"

@@ -65,7 +65,7 @@ def summary_of(state: TrainState, status: Status, epochs: int, decided_on: str) 
 
 def _scored(row: dict[str, Any] | None, key: str = "test_acc") -> float | None:
     """An epoch's test accuracy; None where the test set was not scored (--test-every needed) or,
-    for flip TTA, not with --tta."""
+    for TTA (test_acc_tta), not with --tta."""
     value = row.get(key) if row else None
     return value if value is not None and value == value else None
 

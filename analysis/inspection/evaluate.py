@@ -16,6 +16,7 @@ from analysis.inspection.test_predictions import get_predictions
 from analysis.loading import load_model, load_test_set, open_run
 from analysis.outputs import AnalysisFiles
 from common.atomic import write_json
+from common.errors import UserError
 from common.rundir import Predictions
 
 Log = Callable[[str], None]
@@ -31,12 +32,13 @@ def confusion_matrix(labels: np.ndarray, preds: np.ndarray, n_classes: int) -> n
 class EvaluationResult:
     run: Path
     which: str
-    source: str  # "saved predictions_best.npz", "recomputed" or "recomputed with flip TTA"
+    source: str  # "saved predictions_best.npz", "recomputed" or "recomputed with <tta_name>"
     classes: list[str]
     confusion: np.ndarray  # (K, K) int64, rows = true class
     figure: Path
     json_path: Path
     plain_accuracy: float | None = None  # with --tta: the accuracy without it, on the same images
+    tta_name: str | None = None  # with --tta: which (models/tta.py), e.g. "flip TTA"
 
     @property
     def total(self) -> int:
@@ -74,42 +76,51 @@ class EvaluationResult:
 
 def evaluate(run_dir: str | Path | None = None, which: str = "best", recompute: bool = False,
              data_dir: str | Path | None = None, runs_root: str | Path = "runs", tta: bool = False,
-             log: Log = lambda m: None) -> EvaluationResult:
+             tta_shift: int | None = None, log: Log = lambda m: None) -> EvaluationResult:
     """Accuracy table, confusion matrix figure and JSON from saved (or recomputed) predictions.
 
-    `tta`: the table, figure and JSON describe flip-TTA predictions (always computed, never saved
-    over what training recorded); the plain accuracy is reported beside them."""
+    `tta`: the table, figure and JSON describe test-time-augmentation predictions (always
+    computed, never saved over what training recorded): the run's own TTA (its `--tta-shift`, so
+    the accuracy is the one training reported) unless `tta_shift` is given; the plain accuracy is
+    reported beside them."""
     inputs = open_run(run_dir, which, data_dir, runs_root)
     # Loading the model even when predictions are saved checks that the checkpoint exists and
     # matches config.json, so the numbers always belong to weights that are really there.
     model = load_model(inputs)
     images, labels = load_test_set(inputs)
     pred, source = get_predictions(inputs, model, images, labels, recompute=recompute, log=log)
-    plain = None
+    plain = name = None
     if tta:
-        from analysis.inspection.test_predictions import predict_probs
+        from analysis.inspection.test_predictions import predict_probs, tta_views
+        from models.tta import MAX_TTA_SHIFT, tta_name
 
-        log(f"computing flip-TTA predictions for {len(images):,} test images on the CPU (two passes)")
+        if tta_shift is not None and not 0 <= tta_shift <= MAX_TTA_SHIFT:
+            raise UserError(f"--tta-shift must be between 0 and {MAX_TTA_SHIFT} pixels, got {tta_shift}")
+        views = tta_views(inputs, tta_shift)
+        name = tta_name(views.shift)
+        log(f"computing {name} predictions for {len(images):,} test images on the CPU "
+            f"({2 if views.shift == 0 else 6} passes)")
         plain = float((pred.preds == pred.labels).mean()) if len(pred.labels) else 0.0
-        probs = predict_probs(model, images, inputs.mean, inputs.std, tta=True)
+        probs = predict_probs(model, images, inputs.mean, inputs.std, tta=views)
         pred = Predictions(labels.astype(np.int64), probs.argmax(1).astype(np.int64), probs)
-        source = "recomputed with flip TTA"
+        source = f"recomputed with {name}"
 
     classes = inputs.classes
     cm = confusion_matrix(pred.labels, pred.preds, len(classes))
     files = AnalysisFiles.of(inputs.run)
     result = EvaluationResult(inputs.run.path, inputs.which, source, classes, cm,
-                              files.confusion_matrix, files.evaluation, plain)
+                              files.confusion_matrix, files.evaluation, plain, name)
 
     from analysis.figures import plot_confusion_matrix
 
     plot_confusion_matrix(cm, classes, result.figure,
-                          title=f"run {inputs.name}, {inputs.which}.pt{' + flip TTA' if tta else ''} · accuracy "
+                          title=f"run {inputs.name}, {inputs.which}.pt{f' + {name}' if name else ''} · accuracy "
                                 f"{100 * result.accuracy:.2f}% on {result.total:,} test images")
     write_json(result.json_path, {
         "run": str(inputs.run.path), "checkpoint": f"{inputs.which}.pt", "predictions": source,
         "data_dir": str(inputs.data_dir), "test_images": result.total, "correct": result.correct,
         "accuracy": round(result.accuracy, 6), "tta": tta,
+        **({"tta_views": name} if name else {}),
         **({"accuracy_without_tta": round(plain, 6)} if plain is not None else {}),
         "per_class": {
             name: {"correct": int(cm[i, i]), "total": int(result.class_totals[i]),

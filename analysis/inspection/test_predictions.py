@@ -7,6 +7,8 @@ A full pass over the 10,000 CIFAR-10 test images takes minutes on a CPU (docs/BE
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -14,15 +16,38 @@ from analysis.loading import RunInputs, to_model_input
 from common.errors import UserError
 from common.rundir import Predictions
 
+if TYPE_CHECKING:
+    from training.device import DeviceSetup
+
 Log = Callable[[str], None]
 
 
-def predict_probs(model, images: np.ndarray, mean: np.ndarray, std: np.ndarray,
-                  batch_size: int = 500, tta: bool = False) -> np.ndarray:
-    """Softmax probabilities (N, classes) float32, batch by batch under no_grad on the CPU.
+@dataclass
+class TTAViews:
+    """How a run's test pass scored TTA: the shift (models/tta.py) and the device setup whose
+    precision and memory format its extra views ran in, resolved for this CPU."""
 
-    `tta`: flip test-time augmentation, the mean of the softmax of each image and of its mirror
-    image (the fast CIFAR-10 recipes' TTA: training flips, so both views are in distribution).
+    shift: int
+    setup: DeviceSetup
+
+
+def tta_views(inputs: RunInputs, shift: int | None = None) -> TTAViews:
+    """The run's TTA on this CPU: its recorded `--tta-shift` unless `shift` is given, its
+    precision (bf16 autocast where this CPU has native bf16 and the run did not turn it off) and
+    its memory format."""
+    from training.device import resolve_device
+
+    cfg = inputs.run.train_config()
+    setup = resolve_device("cpu", cfg.run.amp, cfg.run.channels_last, cfg.model.norm)
+    return TTAViews(cfg.run.tta_shift if shift is None else shift, setup)
+
+
+def predict_probs(model, images: np.ndarray, mean: np.ndarray, std: np.ndarray,
+                  batch_size: int = 500, tta: TTAViews | None = None) -> np.ndarray:
+    """Softmax probabilities (N, classes) float32, batch by batch under no_grad on the CPU, fp32.
+
+    `tta`: the softmax of the test-time-augmentation logits instead (models/tta.py), its extra
+    views run as training's test pass ran them (`tta_views`), so the accuracy equals the run's.
     """
     import torch
 
@@ -31,10 +56,12 @@ def predict_probs(model, images: np.ndarray, mean: np.ndarray, std: np.ndarray,
     with torch.no_grad():
         for start in range(0, len(images), batch_size):
             x = to_model_input(images[start:start + batch_size], mean, std)
-            probs = torch.softmax(model(x).float(), dim=1)
-            if tta:
-                probs = (probs + torch.softmax(model(x.flip(3)).float(), dim=1)) / 2
-            out.append(probs.numpy())
+            logits = model(x).float()
+            if tta is not None:
+                from models.tta import tta_logits
+
+                logits = tta_logits(model, x, logits, tta.shift, tta.setup.autocast, tta.setup.batch)
+            out.append(torch.softmax(logits, dim=1).numpy())
     if not out:
         raise UserError("the test set is empty; rebuild it with `prepare --force`")
     return np.concatenate(out).astype(np.float32)

@@ -41,6 +41,7 @@ from common.errors import UserError
 from common.format import duration, flatten, percent, value_text
 from common.records import DataRecord, RunSummary
 from common.rundir import RunDir
+from models.tta import tta_name
 
 
 @dataclass
@@ -77,14 +78,14 @@ def run_document(run: RunDir, records: RunRecords, failures: dict[str, str]) -> 
     at_best = next((r for r in rows if r["epoch"] == best_epoch), best)
     epochs_total = summary.epochs or records.train.optim.epochs
     wall = summary.wall_seconds if summary.wall_seconds is not None else sum(r["seconds"] for r in rows)
-    tta = rows[-1].get("test_acc_tta", math.nan)  # --tta runs: flip TTA at the final test pass
+    tta = rows[-1].get("test_acc_tta", math.nan)  # --tta runs: TTA at the final test pass
     facts: list[tuple[Any, Any]] = [
         ("status", status_badge(summary.status.value)),
         ("best epoch", f"{best_epoch}, chosen on {decided_on}"
                        + (f" (validation accuracy {percent(summary.best_acc)})" if decided_on == "validation" else "")),
         ("test accuracy at the best epoch", percent(at_best["test_acc"])),
         ("final test accuracy", percent(rows[-1]["test_acc"])
-         + (f" ({percent(tta)} with flip TTA)" if math.isfinite(tta) else "")),
+         + (f" ({percent(tta)} with {tta_name(records.train.run.tta_shift)})" if math.isfinite(tta) else "")),
         ("epochs", f"{rows[-1]['epoch']} / {epochs_total}" if epochs_total else str(rows[-1]["epoch"])),
         ("wall time", duration(wall)),
         ("model", f"ResNet-18 · {records.train.model.norm} norm"),
