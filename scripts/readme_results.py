@@ -5,14 +5,14 @@ Usage: python scripts/readme_results.py RUN_DIR [IMAGES_DIR=docs/images/<RUN_DIR
 Runs what `explain --layer 3 --layer 4 --count 10`, `evaluate --tta` and `evaluate` run (the CLI's
 own command bodies, in one process, so torch is imported once) and draws the run beside the
 original's log (beside_original.py). explain prints the ROAD score of each map and their means;
-evaluate --tta prints the flip-TTA accuracy beside the plain one and is kept as
+evaluate --tta prints the run's TTA accuracy beside the plain one and is kept as
 analysis/evaluation_tta.json, because the plain `evaluate` that follows writes evaluation.json and
 the confusion matrix for the reported model. The images folder gets time_to_accuracy.png and copies
 of the gallery and the confusion matrix; the Grad-CAM figures are re-encoded as JPEG at 75% scale to
 keep the pages light. Every file is written through common.atomic: an interrupted run leaves the
 previous image, never half of one.
-(35 s for a width-16 proxy on 2 cores; the flip-TTA pass runs the model twice over the test set, so
-the full ResNet-18 takes minutes on a CPU.)
+(35 s for a width-16 proxy on 2 cores; the TTA pass runs the model two or six times over the test
+set, so the full ResNet-18 takes minutes on a CPU.)
 """
 
 from __future__ import annotations

@@ -291,12 +291,12 @@ def test_flip_tta_reports_both_accuracies(full_run):
     inputs = open_run(full_run.run.path, "last")
     images, labels = load_test_set(inputs)
     model = load_model(inputs)
-    setup = tta_views(inputs).setup
+    views = tta_views(inputs)
     x = to_model_input(images, inputs.mean, inputs.std)
     with torch.no_grad():
         plain = model(x).float()
-        with setup.autocast():
-            mirror = model(setup.batch(x.flip(3))).float()
+        with views.precision():
+            mirror = model(views.prepare(x.flip(3))).float()
     assert result.accuracy == float(((plain + mirror).argmax(1).numpy() == labels).mean())
     report = json.loads(result.json_path.read_text())
     assert report["tta"] is True and report["tta_views"] == "flip TTA"

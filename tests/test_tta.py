@@ -73,3 +73,26 @@ def test_names_and_bounds():
     assert tta_name(0) == "flip TTA" and tta_name(1) == "flip + 1-px shift TTA"
     with pytest.raises(ValueError, match="between 0 and 8"):
         tta_logits(_Probe(), _image(), torch.zeros(2, 2), 9)
+
+
+@pytest.mark.parametrize("native", [True, False])
+@pytest.mark.parametrize("amp", [None, True, False])
+@pytest.mark.parametrize("channels_last", [None, True, False])
+def test_evaluate_runs_the_views_as_a_cpu_training_run_did(monkeypatch, native, amp, channels_last):
+    """analysis (which may not import training) restates training's CPU rule for the views'
+    precision and memory format; the two must agree for every setting and CPU."""
+    from types import SimpleNamespace
+
+    import common.hardware
+    import training.device
+    from analysis.inspection.test_predictions import tta_views
+    from common.config import TrainConfig
+
+    monkeypatch.setattr(common.hardware, "cpu_has_native_bf16", lambda: native)
+    monkeypatch.setattr(training.device, "cpu_has_native_bf16", lambda: native)
+    cfg = TrainConfig()
+    cfg.run.amp, cfg.run.channels_last, cfg.run.tta_shift = amp, channels_last, 1
+    views = tta_views(SimpleNamespace(run=SimpleNamespace(train_config=lambda: cfg)))
+    setup = training.device.resolve_device("cpu", amp, channels_last, cfg.model.norm)
+    assert views.bf16 == (setup.amp_dtype is torch.bfloat16) and views.channels_last == setup.channels_last
+    assert views.shift == 1 and tta_views(SimpleNamespace(run=SimpleNamespace(train_config=lambda: cfg)), 0).shift == 0

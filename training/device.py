@@ -18,7 +18,8 @@ Precision (`--amp/--no-amp`; default: on where it is native — CUDA, and CPUs w
   the 2-core Zen 5 box a train step is 1.99× faster (206 vs 104 img/s) and a 2-epoch run (10,000
   images, seed 0) learned the same (epoch 2 train loss 2.0090 vs 2.0085 fp32, test accuracy 28.7%
   vs 29.1%; docs/BENCHMARKS.md). Elsewhere fp32: emulated bf16 on a CPU is slower than fp32, and an
-  explicit --amp there says so. The CPU test pass stays fp32 (training/epoch.py).
+  explicit --amp there says so. On the CPU the test pass's plain forward stays fp32; TTA's extra
+  views run in this precision (training/epoch.py).
 
 Every CUDA-only decision reads `torch.cuda` through this module, so tests reach them on a CPU
 machine by patching `torch.cuda` functions.
@@ -33,6 +34,7 @@ from typing import Any
 import torch
 
 from common.errors import UserError
+from common.hardware import cpu_has_native_bf16
 
 # The PyPI torch wheels of requirements.lock are CUDA 13 builds; they need an NVIDIA driver >= 580.
 MIN_DRIVER = "580"
@@ -66,17 +68,6 @@ class DeviceSetup:
         fmt = "channels-last" if self.channels_last else "NCHW"
         name = torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else "CPU"
         return f"{name}, {amp}, {fmt}"
-
-
-def cpu_has_native_bf16() -> bool:
-    """AVX512-BF16 or AMX: bf16 matmuls/convs in hardware (oneDNN uses them under autocast).
-    Measured on a 2-core AMD EPYC (Zen 5, avx512_bf16): ResNet-18-LN train step 118 img/s fp32,
-    214 img/s bf16 autocast (1.8×)."""
-    check = getattr(torch.cpu, "_is_avx512_bf16_supported", None)
-    if check is not None and check():
-        return True
-    amx = getattr(torch.cpu, "_is_amx_tile_supported", None)
-    return bool(amx is not None and amx())
 
 
 def nvidia_device_present() -> bool:

@@ -6,6 +6,7 @@ A full pass over the 10,000 CIFAR-10 test images takes minutes on a CPU (docs/BE
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -17,29 +18,40 @@ from common.errors import UserError
 from common.rundir import Predictions
 
 if TYPE_CHECKING:
-    from training.device import DeviceSetup
+    import torch
 
 Log = Callable[[str], None]
 
 
 @dataclass
 class TTAViews:
-    """How a run's test pass scored TTA: the shift (models/tta.py) and the device setup whose
-    precision and memory format its extra views ran in, resolved for this CPU."""
+    """How a run's test pass on this CPU scores TTA: the shift (models/tta.py), and the precision
+    and memory format of the extra views — training's rule for a CPU (training/device.py): bf16
+    autocast where the CPU has native bf16 unless the run said --no-amp, channels-last unless it
+    said --no-channels-last. So `evaluate --tta` on the machine that trained gets the run's number."""
 
     shift: int
-    setup: DeviceSetup
+    bf16: bool
+    channels_last: bool
+
+    def precision(self) -> contextlib.AbstractContextManager:
+        import torch
+
+        return torch.autocast("cpu", dtype=torch.bfloat16) if self.bf16 else contextlib.nullcontext()
+
+    def prepare(self, x: torch.Tensor) -> torch.Tensor:
+        import torch
+
+        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x.contiguous()
 
 
 def tta_views(inputs: RunInputs, shift: int | None = None) -> TTAViews:
-    """The run's TTA on this CPU: its recorded `--tta-shift` unless `shift` is given, its
-    precision (bf16 autocast where this CPU has native bf16 and the run did not turn it off) and
-    its memory format."""
-    from training.device import resolve_device
+    """The run's TTA on this CPU: its recorded `--tta-shift` unless `shift` is given."""
+    from common.hardware import cpu_has_native_bf16
 
     cfg = inputs.run.train_config()
-    setup = resolve_device("cpu", cfg.run.amp, cfg.run.channels_last, cfg.model.norm)
-    return TTAViews(cfg.run.tta_shift if shift is None else shift, setup)
+    return TTAViews(cfg.run.tta_shift if shift is None else shift,
+                    cfg.run.amp is not False and cpu_has_native_bf16(), cfg.run.channels_last is not False)
 
 
 def predict_probs(model, images: np.ndarray, mean: np.ndarray, std: np.ndarray,
@@ -60,7 +72,7 @@ def predict_probs(model, images: np.ndarray, mean: np.ndarray, std: np.ndarray,
             if tta is not None:
                 from models.tta import tta_logits
 
-                logits = tta_logits(model, x, logits, tta.shift, tta.setup.autocast, tta.setup.batch)
+                logits = tta_logits(model, x, logits, tta.shift, tta.precision, tta.prepare)
             out.append(torch.softmax(logits, dim=1).numpy())
     if not out:
         raise UserError("the test set is empty; rebuild it with `prepare --force`")
