@@ -252,13 +252,13 @@ def evaluate(
     recompute: bool = typer.Option(False, "--recompute", help="Run the model over the test set instead of reading saved predictions."),
     data: Path | None = typer.Option(None, help="Folder with test.npz (default: the one the run was trained on)."),
     tta: bool = typer.Option(False, "--tta", help="Test-time augmentation, as the run's test pass scored it: each image and its mirror, and with the run's --tta-shift the shifted views too, logits averaged; the plain accuracy is printed beside it."),
-    tta_shift: int | None = typer.Option(None, "--tta-shift", help="With --tta: score these shifted views instead of the run's own (0 = flip only, 1 = airbench's six views)."),
+    tta_shift: int | None = typer.Option(None, "--tta-shift", help="Score these shifted views instead of the run's own (0 = flip only, 1 = airbench's six views); implies --tta."),
 ) -> None:
     """Overall and per-class test accuracy and a confusion matrix."""
     from cli_analysis import evaluate_command
 
-    evaluate_command(run=_one_run(run, run_option), which=which, recompute=recompute, data=data, tta=tta,
-                     tta_shift=tta_shift)
+    evaluate_command(run=_one_run(run, run_option), which=which, recompute=recompute, data=data,
+                     tta=tta or tta_shift is not None, tta_shift=tta_shift)
 
 
 @app.command()

@@ -311,6 +311,19 @@ def test_a_checkpoint_from_another_run_is_rejected(reference, tmp_path):
     assert_one_clear_error(cli("evaluate", "--run", str(run), "--recompute"), "belongs to another run")
 
 
+def test_evaluate_tta_shift_implies_tta_and_is_bounded(reference, tmp_path):
+    """`evaluate --tta-shift N` scores those views without --tta as well; an impossible shift is one
+    clear line, and nothing is written."""
+    run = tmp_path / "run"
+    shutil.copytree(reference, run)
+    proc = cli("evaluate", "--run", str(run), "--tta-shift", "1")
+    assert proc.returncode == 0, proc.stderr
+    assert "flip + 1-px shift TTA" in proc.stdout and "without it" in proc.stdout
+    (run / "analysis" / "evaluation.json").unlink()
+    assert_one_clear_error(cli("evaluate", "--run", str(run), "--tta-shift", "9"), "--tta-shift must be between 0 and 8")
+    assert not (run / "analysis" / "evaluation.json").exists()
+
+
 def test_data_from_another_version_or_prepare_is_rejected(prepared_dir, tmp_path):
     newer = tmp_path / "newer"
     shutil.copytree(prepared_dir, newer)
