@@ -242,6 +242,12 @@ class RunConfig:
     tta_shift: int = 0
 
 
+def check_tta_shift(shift: int) -> None:
+    """--tta-shift's bound, for train and evaluate alike."""
+    if not 0 <= shift <= MAX_TTA_SHIFT:
+        raise UserError(f"--tta-shift must be between 0 and {MAX_TTA_SHIFT} pixels, got {shift}")
+
+
 @dataclass
 class TrainConfig:
     data: DataConfig = field(default_factory=DataConfig)
@@ -265,8 +271,7 @@ class TrainConfig:
             raise UserError(f"--seed must be between 0 and {MAX_SEED:,}, got {self.run.seed:,}")
         if self.run.test_every not in (None, *TEST_EVERY):
             raise UserError(f"--test-every must be one of {', '.join(TEST_EVERY)}, got {self.run.test_every!r}")
-        if not 0 <= self.run.tta_shift <= MAX_TTA_SHIFT:
-            raise UserError(f"--tta-shift must be between 0 and {MAX_TTA_SHIFT} pixels, got {self.run.tta_shift}")
+        check_tta_shift(self.run.tta_shift)
         return self
 
     def to_dict(self) -> dict[str, Any]:

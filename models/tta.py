@@ -27,7 +27,6 @@ if TYPE_CHECKING:
     from torch import nn
 
 
-
 def tta_name(shift: int) -> str:
     """How logs, summaries and figures name the TTA a run scored: 'flip TTA' or 'flip + 1-px shift TTA'."""
     return "flip TTA" if shift == 0 else f"flip + {shift}-px shift TTA"

@@ -16,7 +16,6 @@ from analysis.inspection.test_predictions import get_predictions
 from analysis.loading import load_model, load_test_set, open_run
 from analysis.outputs import AnalysisFiles
 from common.atomic import write_json
-from common.errors import UserError
 from common.rundir import Predictions
 
 Log = Callable[[str], None]
@@ -92,10 +91,11 @@ def evaluate(run_dir: str | Path | None = None, which: str = "best", recompute: 
     plain = name = None
     if tta:
         from analysis.inspection.test_predictions import predict_probs, tta_views
-        from models.tta import MAX_TTA_SHIFT, tta_name
+        from common.config import check_tta_shift
+        from models.tta import tta_name
 
-        if tta_shift is not None and not 0 <= tta_shift <= MAX_TTA_SHIFT:
-            raise UserError(f"--tta-shift must be between 0 and {MAX_TTA_SHIFT} pixels, got {tta_shift}")
+        if tta_shift is not None:
+            check_tta_shift(tta_shift)
         views = tta_views(inputs, tta_shift)
         name = tta_name(views.shift)
         log(f"computing {name} predictions for {len(images):,} test images on the CPU "
