@@ -168,7 +168,7 @@ def _precision_grid(setup: DeviceSetup, batch_size: int, warmup: int, steps: int
     """Model-only steps in fp32 and bf16 (where the device has it natively), eager and compiled,
     in one run. Compiling costs its first steps; `epoch_s` adds that cost to one epoch of
     `epoch_images` at the steady rate, which is what decides whether --compile pays for itself."""
-    from training.device import cpu_has_native_bf16
+    from common.hardware import cpu_has_native_bf16
 
     dtypes: list[torch.dtype | None] = [None]
     if setup.device.type == "cuda" or cpu_has_native_bf16():

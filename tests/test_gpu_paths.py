@@ -75,13 +75,15 @@ def test_auto_refuses_to_fall_back_to_cpu_when_a_gpu_is_present_but_unusable(mon
 
 
 def test_cpu_amp_is_bf16_only_with_native_support(monkeypatch):
-    monkeypatch.setattr(device_mod, "cpu_has_native_bf16", lambda: True)
+    import common.hardware
+
+    monkeypatch.setattr(common.hardware, "cpu_has_native_bf16", lambda: True)
     assert resolve_device("cpu", amp=True).amp_dtype is torch.bfloat16
     assert resolve_device("cpu").amp_dtype is torch.bfloat16  # the default where it is native
     assert resolve_device("cpu", amp=False).amp_dtype is None
-    monkeypatch.setattr(device_mod, "cpu_has_native_bf16", lambda: False)
+    monkeypatch.setattr(common.hardware, "cpu_has_native_bf16", lambda: False)
     assert resolve_device("cpu").amp_dtype is None  # fp32 elsewhere, silently
-    monkeypatch.setattr(device_mod, "cpu_has_native_bf16", lambda: False)
+    monkeypatch.setattr(common.hardware, "cpu_has_native_bf16", lambda: False)
     setup = resolve_device("cpu", amp=True)
     assert setup.amp_dtype is None and "no native bf16" in setup.note
 

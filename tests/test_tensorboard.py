@@ -68,6 +68,17 @@ def test_resume_has_no_duplicate_steps(tmp_path):
     assert_scalars(read_scalars(tb_dir(tmp_path)), expected(first[:2] + again))
 
 
+def test_resume_in_the_same_second_reads_in_order(tmp_path, monkeypatch):
+    """Two writers of one process, opened within a second, whose file counters are 9 and 10: by
+    name "10" sorts before "9", which made TensorBoard read the resumed file first and purge it."""
+    from tensorboard.summary.writer import event_file_writer
+
+    monkeypatch.setattr(event_file_writer, "_global_uid", event_file_writer.AtomicCounter(9))
+    test_resume_has_no_duplicate_steps(tmp_path)
+    names = sorted(p.name for p in tb_dir(tmp_path).glob("events.out.tfevents.*"))
+    assert [n.rsplit(".", 1)[-1] for n in names] == ["9", "10"]
+
+
 def test_nothing_written_until_the_first_epoch(tmp_path):
     TensorBoardLog(tmp_path).close()
     assert not tb_dir(tmp_path).exists()

@@ -184,7 +184,7 @@ def test_cli_finished_run_is_not_overwritten(full_run, prepared_dir):
 # ---- bf16 autocast on a CPU with native bf16 ------------------------------------------------------
 
 def _native_bf16() -> bool:
-    from training.device import cpu_has_native_bf16
+    from common.hardware import cpu_has_native_bf16
 
     return cpu_has_native_bf16()
 

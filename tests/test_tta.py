@@ -79,8 +79,8 @@ def test_names_and_bounds():
 @pytest.mark.parametrize("amp", [None, True, False])
 @pytest.mark.parametrize("channels_last", [None, True, False])
 def test_evaluate_runs_the_views_as_a_cpu_training_run_did(monkeypatch, native, amp, channels_last):
-    """analysis (which may not import training) restates training's CPU rule for the views'
-    precision and memory format; the two must agree for every setting and CPU."""
+    """analysis (which may not import training) runs the views in training's CPU precision and
+    memory format: the two must agree for every setting and CPU."""
     from types import SimpleNamespace
 
     import common.hardware
@@ -89,7 +89,6 @@ def test_evaluate_runs_the_views_as_a_cpu_training_run_did(monkeypatch, native, 
     from common.config import TrainConfig
 
     monkeypatch.setattr(common.hardware, "cpu_has_native_bf16", lambda: native)
-    monkeypatch.setattr(training.device, "cpu_has_native_bf16", lambda: native)
     cfg = TrainConfig()
     cfg.run.amp, cfg.run.channels_last, cfg.run.tta_shift = amp, channels_last, 1
     views = tta_views(SimpleNamespace(run=SimpleNamespace(train_config=lambda: cfg)))

@@ -34,7 +34,7 @@ from typing import Any
 import torch
 
 from common.errors import UserError
-from common.hardware import cpu_has_native_bf16
+from common.hardware import cpu_bf16
 
 # The PyPI torch wheels of requirements.lock are CUDA 13 builds; they need an NVIDIA driver >= 580.
 MIN_DRIVER = "580"
@@ -135,12 +135,9 @@ def resolve_device(name: str, amp: bool | None = None, channels_last: bool | Non
             return DeviceSetup(device, None, layout, use_scaler=False)
         dtype, note = _cuda_dtype()
         return DeviceSetup(device, dtype, layout, use_scaler=dtype is torch.float16, note=note)
-    native = cpu_has_native_bf16()
-    if amp and not native:
-        return DeviceSetup(device, None, layout, use_scaler=False,
-                           note="--amp ignored: this CPU has no native bf16 (AVX512-BF16 or AMX), and emulated "
-                                "bf16 is slower than fp32")
-    if amp is False or not native:
-        return DeviceSetup(device, None, layout, use_scaler=False)
-    return DeviceSetup(device, torch.bfloat16, layout, use_scaler=False,
-                       note="" if amp else "bf16 autocast by default on this CPU (native bf16; --no-amp for fp32)")
+    if cpu_bf16(amp):
+        return DeviceSetup(device, torch.bfloat16, layout, use_scaler=False,
+                           note="" if amp else "bf16 autocast by default on this CPU (native bf16; --no-amp for fp32)")
+    ignored = ("--amp ignored: this CPU has no native bf16 (AVX512-BF16 or AMX), and emulated bf16 is "
+               "slower than fp32") if amp else ""
+    return DeviceSetup(device, None, layout, use_scaler=False, note=ignored)

@@ -12,7 +12,11 @@ Resuming: the writer is opened lazily at the first `epoch()` call with purge_ste
 TensorBoard discards anything an earlier process logged at that epoch or later (an epoch logged just
 before a SIGKILL and then trained again, or the tail of a run resumed from an older checkpoint).
 Re-opening the same run therefore never shows duplicate steps, and the caller passes nothing
-about resuming.
+about resuming. That rests on TensorBoard reading the newer event file last: it reads a folder's
+files in name order, and torch names one `events.out.tfevents.<second>.<host>.<pid>.<counter>`, so
+two files opened in the same second would sort by pid and counter as text ("10" before "9") and the
+older file's purge could drop the newer epochs. A writer therefore opens in a later second than
+every event file already there (waiting up to one second, only when one was opened this second).
 
 This module imports neither the training loop nor FFCV (only torch's SummaryWriter, and that
 only when a row is written), so `python cli.py --help` and the analysis side stay light.
@@ -21,6 +25,7 @@ only when a row is written), so `python cli.py --help` and the analysis side sta
 from __future__ import annotations
 
 import math
+import time
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +47,21 @@ def tb_dir(run_path: str | Path) -> Path:
     return Path(run_path) / TB_DIR
 
 
+def _seconds_in_names(folder: Path) -> list[int]:
+    """The opening second in each event file's name (field 3 of events.out.tfevents.<s>.<host>...)."""
+    fields = (p.name.split(".") for p in folder.glob("events.out.tfevents.*"))
+    return [int(f[3]) for f in fields if len(f) > 3 and f[3].isdigit()]
+
+
+def wait_for_a_later_second(folder: Path) -> None:
+    """Sleep until the clock's second is past every event file's opening second in `folder`, so a
+    new file sorts after them. A file named more than a second ahead (a clock set back) cannot be
+    outwaited sensibly and is left as it is."""
+    delay = max(_seconds_in_names(folder), default=0) + 1 - time.time()
+    if 0 < delay <= 1:
+        time.sleep(delay)
+
+
 class TensorBoardLog:
     """Scalars per epoch into RUN/tb/, flushed after every epoch; see the module docstring."""
 
@@ -52,6 +72,7 @@ class TensorBoardLog:
     def _open(self, first_step: int) -> Any:
         from torch.utils.tensorboard import SummaryWriter
 
+        wait_for_a_later_second(self.dir)
         writer = SummaryWriter(log_dir=str(self.dir), purge_step=first_step, flush_secs=30)
         writer.add_custom_scalars(LAYOUT)
         return writer

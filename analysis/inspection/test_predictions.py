@@ -26,9 +26,10 @@ Log = Callable[[str], None]
 @dataclass
 class TTAViews:
     """How a run's test pass on this CPU scores TTA: the shift (models/tta.py), and the precision
-    and memory format of the extra views — training's rule for a CPU (training/device.py): bf16
-    autocast where the CPU has native bf16 unless the run said --no-amp, channels-last unless it
-    said --no-channels-last. So `evaluate --tta` on the machine that trained gets the run's number."""
+    and memory format of the extra views as training's test pass on this CPU ran them: bf16 by
+    training's own rule (common/hardware.py `cpu_bf16`), channels-last unless the run said
+    --no-channels-last (training/device.py's CPU default; a test holds the two equal). So
+    `evaluate --tta` on the machine that trained gets the run's number."""
 
     shift: int
     bf16: bool
@@ -47,11 +48,11 @@ class TTAViews:
 
 def tta_views(inputs: RunInputs, shift: int | None = None) -> TTAViews:
     """The run's TTA on this CPU: its recorded `--tta-shift` unless `shift` is given."""
-    from common.hardware import cpu_has_native_bf16
+    from common.hardware import cpu_bf16
 
     cfg = inputs.run.train_config()
-    return TTAViews(cfg.run.tta_shift if shift is None else shift,
-                    cfg.run.amp is not False and cpu_has_native_bf16(), cfg.run.channels_last is not False)
+    return TTAViews(cfg.run.tta_shift if shift is None else shift, cpu_bf16(cfg.run.amp),
+                    cfg.run.channels_last is not False)
 
 
 def predict_probs(model, images: np.ndarray, mean: np.ndarray, std: np.ndarray,
