@@ -61,8 +61,19 @@ class AugmentConfig:
     # (reflect-101, OpenCV's BORDER_REFLECT_101: albumentations' default, the original assignment's).
     # Cutout always paints `fill`.
     border: str = "constant"
+    # Progressive resizing (training/resolution.py): epochs 1…res_ramp_start train on images
+    # downscaled to min_res pixels a side, epochs from res_ramp_end on at full size, those between
+    # on a linear ramp. 0 = every epoch at full size.
+    min_res: int = 0
+    res_ramp_start: int = 0
+    res_ramp_end: int = 0
 
     def validate(self) -> None:
+        if self.min_res != 0 and not 8 <= self.min_res <= 4096:
+            raise UserError(f"--min-res must be 0 (off) or a side of at least 8 pixels, got {self.min_res}")
+        if self.min_res and not 0 <= self.res_ramp_start < self.res_ramp_end <= MAX_EPOCHS:
+            raise UserError("--res-ramp-start and --res-ramp-end must be epochs with 0 <= start < end "
+                            f"(at most {MAX_EPOCHS:,}), got {self.res_ramp_start} and {self.res_ramp_end}")
         if not 0 <= self.pad <= 16:
             raise UserError(f"--pad must be between 0 and 16, got {self.pad}")
         for name in ("flip_p", "cutout_p"):
@@ -362,6 +373,7 @@ def _fast(cfg: TrainConfig) -> TrainConfig:
     cfg.augment.flip = True
     cfg.augment.rotate = False
     cfg.augment.cutout, cfg.augment.cutout_size, cfg.augment.cutout_p = False, 8, 1.0
+    cfg.augment.min_res, cfg.augment.res_ramp_start, cfg.augment.res_ramp_end = 24, 5, 9
     cfg.run.test_every = "needed"
     cfg.run.tta, cfg.run.tta_shift = True, 1
     cfg.recipe = "fast"

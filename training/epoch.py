@@ -12,7 +12,7 @@ import math
 import signal
 import time
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import FrameType, TracebackType
 from typing import TYPE_CHECKING, Any, NamedTuple
 
@@ -21,13 +21,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from common.config import OptimConfig
+from common.config import AugmentConfig, OptimConfig
 from common.errors import UserError
 from models.tta import tta_logits
 from training.components import Parts, warmup_factor
 from training.device import DeviceSetup
 from training.distributed import DistContext
 from training.progress import Progress
+from training.resolution import downscale, resolution_at
 from training.state import Partial
 
 if TYPE_CHECKING:
@@ -160,6 +161,7 @@ class Session:
     optim: OptimConfig
     steps: int  # optimizer steps per epoch (after --max-steps)
     stopper: Stopper
+    augment: AugmentConfig = field(default_factory=AugmentConfig)  # its progressive resizing, applied here
 
 
 def train_epoch(session: Session, epoch: int, loader: SplitLoader, progress: Progress, partial: Partial | None) -> EpochSums:
@@ -191,8 +193,10 @@ def train_epoch(session: Session, epoch: int, loader: SplitLoader, progress: Pro
                 break
             if step < skip:  # consumed before the interruption; same batches, same order
                 continue
-            # forward and backward, under autocast where the device trains in mixed precision
+            # forward and backward (on images downscaled in an early epoch of progressive resizing),
+            # under autocast where the device trains in mixed precision
             x = setup.batch(x)
+            x = downscale(x, resolution_at(session.augment, epoch, x.shape[-1]))
             with setup.autocast():
                 logits = parts.step(x)
                 loss = parts.criterion(logits, y)

@@ -98,7 +98,7 @@ def train(cfg: TrainConfig, resume: str | Path | None = None, extra_epochs_to: i
         writer = BackgroundWriter()  # this epoch's files are written while the next one trains
         curves = functools.partial(draw_curves, run, state, _title(cfg, run), cfg.optim.schedule == "plateau")
         with Stopper(log) as stopper, run_status(ctx, run, state, parts, steps, writer, curves):
-            session = Session(parts, setup, ctx, cfg.optim, steps, stopper)
+            session = Session(parts, setup, ctx, cfg.optim, steps, stopper, cfg.augment)
             for epoch in range(state.epoch, cfg.optim.epochs):
                 # train one epoch (from the saved step when resuming mid-epoch)
                 bar = Progress(steps, state.partial.step if state.partial else 0,
