@@ -369,16 +369,18 @@ def bench_train_cmd(
     device: str = typer.Option("auto", help="auto, cpu or cuda."),
     norm: str = typer.Option("layer", help="layer, group or batch."),
     precisions: bool = typer.Option(True, "--precisions/--no-precisions", help="Also time fp32 vs bf16 (native only), eager vs torch.compile."),
+    sides: str = typer.Option("", help="Also time model-only steps on images of these sides against 32 px, e.g. 24,16 "
+                              "(what progressive resizing, --min-res, saves)."),
     json_out: Path | None = typer.Option(None, "--json", help="Also write the figures here."),
 ) -> None:
     """Train step fed by the loader vs model-only vs a torchvision baseline; fp32/bf16 × eager/compile."""
     _bench_counts(batch_size=batch_size, steps=steps)
     _bench_data(data)
     from bench.common import report
-    from bench.train import bench_train
+    from bench.train import bench_train, parse_sides
 
-    report(bench_train(data, batch_size, steps, device=device, norm=norm, precisions=precisions, log=typer.echo),
-           json_out, typer.echo)
+    report(bench_train(data, batch_size, steps, device=device, norm=norm, precisions=precisions,
+                       sides=parse_sides(sides), log=typer.echo), json_out, typer.echo)
 
 
 @bench_app.command("gpu")

@@ -107,7 +107,7 @@ FLAGS: tuple[Flag, ...] = (
          "Progressive resizing: train epochs 1 to --res-ramp-start on images downscaled to this many pixels a side, "
          "then ramp linearly to full size at --res-ramp-end (0 = off; the test set is always scored at full size)."),
     Flag("res_ramp_start", ("augment", "res_ramp_start"), int | None, "Last epoch trained at --min-res."),
-    Flag("res_ramp_end", ("augment", "res_ramp_end"), int | None, "First epoch trained at full size again."),
+    Flag("res_ramp_end", ("augment", "res_ramp_end"), int | None, "Epoch from which training is at full size again (the ramp, rounded to multiples of 4 pixels, may get there sooner)."),
     Flag("subset", ("data", "subset"), int | None, "Train on the first N training images only."),
     Flag("val", ("data", "val"), int | None,
          "Training images held out as a class-stratified validation split (from --seed); the plateau scheduler "

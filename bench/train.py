@@ -62,8 +62,8 @@ def _repeat(loader: Any) -> Iterable:
         yield from loader
 
 
-def _synthetic(batch_size: int, device: torch.device) -> Iterable:
-    x = torch.randn(batch_size, 3, 32, 32, device=device)
+def _synthetic(batch_size: int, device: torch.device, side: int = 32) -> Iterable:
+    x = torch.randn(batch_size, 3, side, side, device=device)
     y = torch.randint(0, 10, (batch_size,), device=device)
     while True:
         yield x, y
@@ -71,7 +71,8 @@ def _synthetic(batch_size: int, device: torch.device) -> Iterable:
 
 def bench_train(data_dir: str | Path = "data", batch_size: int = 128, steps: int | None = None,
                 warmup: int = 2, device: str = "auto", norm: str = "layer", precisions: bool = True,
-                epoch_images: int = 50_000, log: Callable[[str], None] = print) -> dict[str, Any]:
+                epoch_images: int = 50_000, sides: tuple[int, ...] = (), log: Callable[[str], None] = print
+                ) -> dict[str, Any]:
     from bench.common import data_or_synthetic, machine, train_images
     from pipeline.ffcv_loader import make_loader
 
@@ -119,12 +120,42 @@ def bench_train(data_dir: str | Path = "data", batch_size: int = 128, steps: int
     log(f"(c) baseline: torchvision DataLoader, NCHW fp32: {rate_c:>9,.1f} img/s")
     log(f"a/b = {rate_a / rate_b:.2f} (loader overhead {100 * (1 - rate_a / rate_b):.0f}%),  a/c = {rate_a / rate_c:.2f}x")
     precision = _precision_grid(setup, batch_size, warmup, steps, norm, epoch_images, log) if precisions else []
-    return {"benchmark": "train", "device": setup.describe(), "data": what, "batch_size": batch_size,
+    by_side = _side_rates(setup, batch_size, warmup, steps, norm, sides, log) if sides else []
+    return {"by_side": by_side, "benchmark": "train", "device": setup.describe(), "data": what, "batch_size": batch_size,
             "steps": steps, "loader_img_s": rate_a, "model_only_img_s": rate_b,
             "model_only_other_format_img_s": rate_b_other, "other_format": fmt,
             "model_only_weight_std_img_s": rate_b_ws, "weight_std_ratio": rate_b_ws / rate_plain, "baseline_img_s": rate_c,
             "ratio": rate_a / rate_b, "ratio_vs_baseline": rate_a / rate_c, "precision_grid": precision,
             "machine": machine()}
+
+
+def parse_sides(text: str) -> tuple[int, ...]:
+    """`--sides 24,16` → (24, 16); "" → (). Each side between 8 and 32 pixels."""
+    from common.errors import UserError
+
+    parts = [p.strip() for p in text.split(",") if p.strip()]
+    if not all(p.isdigit() and 8 <= int(p) <= 32 for p in parts):
+        raise UserError(f"--sides must be a comma-separated list of image sides from 8 to 32 (e.g. 24,16), got {text!r}")
+    return tuple(int(p) for p in parts)
+
+
+def _side_rates(setup: DeviceSetup, batch_size: int, warmup: int, steps: int, norm: str, sides: tuple[int, ...],
+                log: Callable[[str], None]) -> list[dict[str, Any]]:
+    """Model-only steps of the weight-standardized model (`--recipe fast`'s) on images `side`
+    pixels a side, against 32: what progressive resizing (--min-res) saves per image. A step has
+    a part that does not shrink with the image, so the gain is below the area ratio. Each side is
+    alternated with 32 and the best of two kept, as for --weight-std above."""
+    rows: list[dict[str, Any]] = []
+    log("(e) model-only steps by image side (weight-standardized convs), against 32 px, alternated, best of 2:")
+    for side in sides:
+        pairs = [tuple(_steps_rate(_synthetic(batch_size, setup.device, s), setup, warmup, steps, norm, weight_std=True)
+                       for s in (32, side)) for _ in range(2)]
+        full, small = max(p[0] for p in pairs), max(p[1] for p in pairs)
+        rows.append({"side": side, "img_s": small, "full_img_s": full, "ratio": small / full,
+                     "area_ratio": (32 / side) ** 2})
+        log(f"    {side:>3} px: {small:>8,.1f} img/s against {full:,.1f} at 32 px: {small / full:.2f}x "
+            f"(the area alone would give {(32 / side) ** 2:.2f}x)")
+    return rows
 
 
 _ISOLATED = """

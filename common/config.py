@@ -63,7 +63,7 @@ class AugmentConfig:
     border: str = "constant"
     # Progressive resizing (training/resolution.py): epochs 1…res_ramp_start train on images
     # downscaled to min_res pixels a side, epochs from res_ramp_end on at full size, those between
-    # on a linear ramp. 0 = every epoch at full size.
+    # on a linear ramp rounded to multiples of 4 (which may reach full size sooner). 0 = off.
     min_res: int = 0
     res_ramp_start: int = 0
     res_ramp_end: int = 0
@@ -349,11 +349,12 @@ def _fast(cfg: TrainConfig) -> TrainConfig:
     """Time to accuracy on the default model (LayerNorm main path, BatchNorm shortcuts, zero-init)
     with weight-standardized convs (`--weight-std`: same parameters, +1.9 points after 15 epochs,
     measured; `--no-weight-std` trains the plain convs): a one-cycle per-step schedule, Nesterov
-    SGD, decay on weights only, label smoothing, flip + pad-4 crop and no cutout, trained on all
-    50,000 images and reported at its last epoch (a fixed schedule decides nothing, so no
-    validation split is held out). For the same reason the test set is scored only at the last
-    epoch on every device (`--test-every needed`; on a CPU a test pass is a sixth of an epoch):
-    `--test-every epoch` draws the per-epoch test curve. That pass also scores TTA with 1-pixel
+    SGD, decay on weights only, label smoothing, flip + pad-4 crop and no cutout, progressive
+    resizing (epochs 1-5 on images downscaled to 24 px, 28 px for epochs 6-7, full size from epoch
+    8; `--min-res 0` turns it off), trained on all 50,000 images and reported at its last epoch
+    (a fixed schedule decides nothing, so no validation split is held out). For the same reason
+    the test set is scored only at the last epoch on every device (`--test-every needed`; on a CPU
+    a test pass is a sixth of an epoch): `--test-every epoch` draws the per-epoch test curve. That pass also scores TTA with 1-pixel
     shifts (`--tta --tta-shift 1`, airbench's six views), reported beside the plain accuracy: TTA
     helped every model measured. `--cutout` turns on the 8-pixel cutout the recipe had before
     full-data runs showed it costs accuracy in 15 epochs. The ablation behind each value is in

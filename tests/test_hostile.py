@@ -236,6 +236,7 @@ CASES: list[tuple[str, list[str], str]] = [
     ("bench-loader-data-file", ["bench", "loader", "--data", "afile"], "--data afile is a file"),
     ("bench-train-steps-0", ["bench", "train", "--steps", "0"], "--steps must be at least 1"),
     ("bench-train-device", ["bench", "train", "--device", "tpu"], "unknown --device 'tpu'"),
+    ("bench-train-sides", ["bench", "train", "--sides", "24,40"], "--sides must be a comma-separated list of image sides"),
     ("bench-gpu-norms", ["bench", "gpu", "--norms", "x"], "unknown normalisation 'x'"),
     ("bench-predict-images-0", ["bench", "predict", "--images", "0"], "--images must be at least 1"),
     ("bench-startup-data-file", ["bench", "startup", "--data", "afile"], "--data afile is a file"),

@@ -33,6 +33,7 @@ from training.device import resolve_device
 from training.distributed import context, device_for
 from training.epoch import Session, Stopper, StopRequested, evaluate_loader, evaluate_or_stop, score_test, train_epoch
 from training.progress import Progress
+from training.resolution import describe as describe_resolution
 from training.run_setup import check_data, check_free_space, create_run, new_run_id, open_run, record_resume
 from training.saving import BackgroundWriter, draw_curves, finish, on_main, save_epoch
 from training.state import TrainState, seed_everything
@@ -215,7 +216,8 @@ def _header(run: RunDir, cfg: TrainConfig, setup: Any, ctx: Any, loaders: Any, s
             f"{loaders.train.info.count:,} train / {loaders.test.info.count:,} test images"
             + _decides(cfg, loaders.val)
             + f", {steps} steps/epoch of "
-            f"{cfg.optim.batch_size}, epochs {start}-{cfg.optim.epochs}{partial}; {loaders.kind} loader "
+            f"{cfg.optim.batch_size}, epochs {start}-{cfg.optim.epochs}{partial}{describe_resolution(cfg.augment)}; "
+            f"{loaders.kind} loader "
             f"({loaders.reason}){note}")
 
 

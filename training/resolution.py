@@ -1,7 +1,7 @@
 """Progressive resizing: early epochs train on downscaled images, later ones at full size.
 
-A convolution's cost grows with the image's area, so an epoch at 24 of 32 pixels costs about
-(24/32)² = 56% of a full one. FFCV's ImageNet recipes train most epochs at a lower resolution and
+A convolution's cost grows with the image's area, so an epoch on smaller images costs less (by
+less than the area, as a step also has parts that do not shrink: `bench train --sides`). FFCV's ImageNet recipes train most epochs at a lower resolution and
 ramp it up to the full one before the end (`get_resolution`: a linear ramp between two epochs,
 rounded); this is the same rule for small images. The test set is always scored at full size:
 the last epochs, at full size, adapt the model to it, and the LayerNorm main path's statistics
@@ -51,3 +51,11 @@ def downscale(x: torch.Tensor, side: int) -> torch.Tensor:
         else torch.contiguous_format
     out = F.interpolate(x, size=(side, side), mode="bilinear", antialias=True, align_corners=False)
     return out.contiguous(memory_format=fmt)
+
+
+def describe(augment: AugmentConfig) -> str:
+    """The schedule in words for the run's header ("" when off)."""
+    if augment.min_res <= 0:
+        return ""
+    return (f"; progressive resizing: {augment.min_res} px a side up to epoch {augment.res_ramp_start}, "
+            f"full size by epoch {augment.res_ramp_end}")
