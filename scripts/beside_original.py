@@ -27,6 +27,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a file from the repo root
 
+from matplotlib.transforms import offset_copy  # noqa: E402
+
 from common.errors import UserError  # noqa: E402  (after the path line above)
 from common.figures import new_figure, save_figure  # noqa: E402
 from common.rundir import RunDir  # noqa: E402
@@ -54,13 +56,14 @@ def read_curve(run: Path) -> tuple[list[int], list[float], list[float], list[flo
 
 def label_of(run: Path) -> str:
     """The run's folder name and, where its config names them, its recipe, whether its convs were
-    weight-standardized (`--recipe fast` had plain ones before), and its device (the minutes panel
-    mixes machines)."""
+    weight-standardized (`--recipe fast` had plain ones before) and its early epochs downscaled
+    (progressive resizing), and its device (the minutes panel mixes machines)."""
     rundir = RunDir(run)
     try:
         cfg = rundir.train_config()
         recipe: str | None = cfg.recipe
         convs = "weight-std" if cfg.model.weight_std else ""
+        convs += f", from {cfg.augment.min_res} px" if cfg.augment.min_res else ""
         device = str(rundir.read_config().get("device", "")).split(",")[0]
     except UserError:  # no config.json, or a damaged one: the folder name alone
         recipe, convs, device = None, "", ""
@@ -100,7 +103,10 @@ def main(out: Path, runs: list[Path], lengths: list[Path] | None = None) -> None
     for ax in (by_epoch, by_minute):
         ax.axhline(ORIGINAL_40_EPOCHS, color="C3", ls=":", lw=1, label="original after 40 epochs: 88.56%")
         ax.grid(alpha=0.3)
-        ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.2), fontsize=7)  # below the axis label: the curves stay clear
+        # 36 points below the axes (the tick labels and the axis label sit in between), however tall the
+        # legend makes tight layout shrink the axes: the curves and the labels stay clear
+        below = offset_copy(ax.transAxes, fig=fig, y=-36, units="points")
+        ax.legend(loc="upper center", bbox_to_anchor=(0.5, 0.0), bbox_transform=below, fontsize=7)
     by_epoch.set_xlabel("epoch")
     by_epoch.set_xticks(range(1, last_epoch + 1) if last_epoch <= 20 else [1, *range(5, last_epoch + 1, 5)])
     by_epoch.set_ylabel("accuracy (%)")
