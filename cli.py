@@ -22,6 +22,7 @@ from typer.core import TyperGroup
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from cli_flags import with_train_flags  # noqa: E402  (typer + config only: --help stays instant)
+from common.allocator import reexec_with_tcmalloc  # noqa: E402  (standard library only)
 from common.errors import UserError  # noqa: E402  (no heavy imports behind this)
 
 
@@ -459,6 +460,7 @@ def bench_predict_cmd(
 
 
 def main() -> None:
+    reexec_with_tcmalloc()  # once, before anything allocates: steps reuse freed memory (common/allocator.py)
     app()
 
 

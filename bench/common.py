@@ -18,8 +18,10 @@ from pipeline.manifest import MANIFEST
 def machine() -> dict[str, Any]:
     import torch
 
+    from common.allocator import in_use
+
     info = {"cpu_cores": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
-            "torch": torch.__version__, "torch_threads": torch.get_num_threads()}
+            "torch": torch.__version__, "torch_threads": torch.get_num_threads(), "allocator": in_use()}
     if torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name(0)
     return info

@@ -121,12 +121,41 @@ def bench_train(data_dir: str | Path = "data", batch_size: int = 128, steps: int
     log(f"a/b = {rate_a / rate_b:.2f} (loader overhead {100 * (1 - rate_a / rate_b):.0f}%),  a/c = {rate_a / rate_c:.2f}x")
     precision = _precision_grid(setup, batch_size, warmup, steps, norm, epoch_images, log) if precisions else []
     by_side = _side_rates(setup, batch_size, warmup, steps, norm, sides, log) if sides else []
-    return {"by_side": by_side, "benchmark": "train", "device": setup.describe(), "data": what, "batch_size": batch_size,
+    allocators = _allocator_rates(setup, batch_size, warmup, steps, norm, log) if setup.device.type == "cpu" else {}
+    return {"allocators": allocators, "by_side": by_side, "benchmark": "train", "device": setup.describe(), "data": what, "batch_size": batch_size,
             "steps": steps, "loader_img_s": rate_a, "model_only_img_s": rate_b,
             "model_only_other_format_img_s": rate_b_other, "other_format": fmt,
             "model_only_weight_std_img_s": rate_b_ws, "weight_std_ratio": rate_b_ws / rate_plain, "baseline_img_s": rate_c,
             "ratio": rate_a / rate_b, "ratio_vs_baseline": rate_a / rate_c, "precision_grid": precision,
             "machine": machine()}
+
+
+def _allocator_rates(setup: DeviceSetup, batch_size: int, warmup: int, steps: int, norm: str,
+                     log: Callable[[str], None]) -> dict[str, Any]:
+    """Model-only steps of `--recipe fast`'s model in fresh processes on the C library's malloc and
+    on tcmalloc (what `cli.py` re-executes itself with: common/allocator.py), alternated, best of
+    two each, with the page faults and kernel time of each. {} where tcmalloc is not installed."""
+    from common.allocator import DONE, preload_env
+
+    system = {k: v for k, v in os.environ.items() if k not in ("LD_PRELOAD", DONE)}
+    tcmalloc = preload_env(system)
+    if tcmalloc is None:
+        log("(f) allocator: tcmalloc is not installed here (scripts/setup.sh installs libtcmalloc-minimal4); not timed")
+        return {}
+    log("(f) allocator, model-only steps in fresh processes, alternated, best of 2:")
+    best: dict[str, tuple[float, float, int, float]] = {}
+    for _ in range(2):
+        for name, env in (("system", system), ("tcmalloc", tcmalloc)):
+            row = _isolated_rate(setup, setup.amp_dtype, batch_size, warmup, steps, norm, False, weight_std=True, env=env)
+            if name not in best or row[0] > best[name][0]:
+                best[name] = row
+    for name, (rate, _, faults, kernel_s) in best.items():
+        log(f"    {name:<9} {rate:>8,.1f} img/s  {faults / (warmup + steps):>9,.0f} page faults/step  "
+            f"{kernel_s:5.2f} s of CPU in the kernel")
+    ratio = best["tcmalloc"][0] / best["system"][0]
+    log(f"    tcmalloc against the C library's malloc: {ratio:.2f}x")
+    return {name: {"img_s": r[0], "faults_per_step": r[2] / (warmup + steps), "kernel_s": r[3]}
+            for name, r in best.items()} | {"ratio": ratio}
 
 
 def parse_sides(text: str) -> tuple[int, ...]:
@@ -161,20 +190,26 @@ def _side_rates(setup: DeviceSetup, batch_size: int, warmup: int, steps: int, no
 _ISOLATED = """
 import json, sys, time
 sys.path.insert(0, {root!r})
+import resource
 import torch
 from bench.train import _steps_rate, _synthetic
 from training.device import DeviceSetup
 device = torch.device({device!r})
 variant = DeviceSetup(device, {dtype}, {channels_last!r}, False)
-t0 = time.perf_counter()
-rate = _steps_rate(_synthetic({batch_size}, device), variant, {warmup}, {steps}, {norm!r}, compile={compiled!r})
-print(json.dumps([rate, time.perf_counter() - t0]))
+t0, before = time.perf_counter(), resource.getrusage(resource.RUSAGE_SELF)
+rate = _steps_rate(_synthetic({batch_size}, device), variant, {warmup}, {steps}, {norm!r}, compile={compiled!r},
+                   weight_std={weight_std!r})
+after = resource.getrusage(resource.RUSAGE_SELF)
+print(json.dumps([rate, time.perf_counter() - t0, after.ru_minflt - before.ru_minflt, after.ru_stime - before.ru_stime]))
 """
 
 
 def _isolated_rate(setup: DeviceSetup, dtype: torch.dtype | None, batch_size: int, warmup: int, steps: int,
-                   norm: str, compiled: bool) -> tuple[float, float]:
-    """(img/s, wall seconds incl. warm-up) of one configuration in a fresh Python process.
+                   norm: str, compiled: bool, weight_std: bool = False, env: dict[str, str] | None = None
+                   ) -> tuple[float, float, int, float]:
+    """(img/s; and over the warm-up and the steps: wall seconds, minor page faults, kernel CPU
+    seconds) of one configuration in a fresh Python process (`env`: its environment, by default
+    this process's).
 
     Measured here: in one process, everything timed after a torch.compile'd model (and, in `bench
     gpu`, after FFCV's threads had run) ran at ~37 img/s where a fresh process gives 100-105 fp32 and
@@ -188,10 +223,11 @@ def _isolated_rate(setup: DeviceSetup, dtype: torch.dtype | None, batch_size: in
     code = _ISOLATED.format(root=str(Path(__file__).resolve().parents[1]), device=str(setup.device),
                             dtype="torch.bfloat16" if dtype is torch.bfloat16 else "None",
                             channels_last=setup.channels_last, batch_size=batch_size, warmup=warmup, steps=steps,
-                            norm=norm, compiled=compiled)
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=1800, check=True)
-    rate, total = json.loads(out.stdout.strip().splitlines()[-1])
-    return float(rate), float(total)
+                            norm=norm, compiled=compiled, weight_std=weight_std)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=1800, check=True,
+                         env=env)
+    rate, total, faults, kernel_s = json.loads(out.stdout.strip().splitlines()[-1])
+    return float(rate), float(total), int(faults), float(kernel_s)
 
 
 def _precision_grid(setup: DeviceSetup, batch_size: int, warmup: int, steps: int, norm: str, epoch_images: int,
@@ -208,7 +244,7 @@ def _precision_grid(setup: DeviceSetup, batch_size: int, warmup: int, steps: int
     log(f"(d) precision and compile, model only, {steps} steps after {warmup + 2} warm-up, each in a fresh process:")
     for dtype in dtypes:
         for compiled in (False, True):
-            rate, total = _isolated_rate(setup, dtype, batch_size, warmup + 2, steps, norm, compiled)
+            rate, total, _, _ = _isolated_rate(setup, dtype, batch_size, warmup + 2, steps, norm, compiled)
             first_steps = max(0.0, total - steps * batch_size / rate)  # warm-up wall time, compile included
             epoch_s = first_steps + epoch_images / rate
             precision = "fp32" if dtype is None else "bf16"

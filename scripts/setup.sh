@@ -54,6 +54,22 @@ else
     say "chromium not found; the report's browser test will be skipped (install it with: sudo apt-get install -y chromium)"
 fi
 
+# --- (a3) tcmalloc, the allocator cli.py runs on where it is installed (optional: never fails set-up)
+# CPU training steps page-fault their freed activations back in under glibc's malloc; tcmalloc keeps
+# them (common/allocator.py; docs/BENCHMARKS.md, "The allocator").
+if ldconfig -p 2>/dev/null | grep -q libtcmalloc_minimal.so.4; then
+    say "tcmalloc present (cli.py runs on it)"
+elif [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null 2>&1; then
+    say "installing tcmalloc (libtcmalloc-minimal4: cli.py runs on it)"
+    export DEBIAN_FRONTEND=noninteractive
+    if ! apt-get install -y libtcmalloc-minimal4; then
+        { apt-get update && apt-get install -y libtcmalloc-minimal4; } \
+            || say "could not install tcmalloc; cli.py runs on the C library's malloc (CPU training steps are slower)"
+    fi
+else
+    say "tcmalloc not found; cli.py runs on the C library's malloc (install it with: sudo apt-get install -y libtcmalloc-minimal4)"
+fi
+
 # --- (b) a Python 3.11 virtual environment in .venv/ ------------------------------------------
 is_py311() { [ "$("$1" -c 'import sys; print("%d.%d" % sys.version_info[:2])' 2>/dev/null)" = "3.11" ]; }
 

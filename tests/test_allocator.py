@@ -1,0 +1,55 @@
+"""The CLI's allocator choice: when it re-executes itself with tcmalloc, and when it leaves the
+process alone."""
+
+from __future__ import annotations
+
+import ctypes.util
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from common.allocator import DONE, preload_env
+
+ROOT = Path(__file__).resolve().parents[1]
+LIB = "libtcmalloc_minimal.so.4"
+
+
+def test_preloads_tcmalloc_once_with_large_allocation_reports_off():
+    env = preload_env({"PATH": "/bin"}, "linux", LIB)
+    assert env is not None and env["LD_PRELOAD"] == LIB and env["PATH"] == "/bin"
+    assert int(env["TCMALLOC_LARGE_ALLOC_REPORT_THRESHOLD"]) >= 1 << 40
+    assert preload_env(env, "linux", LIB) is None  # the re-executed process does not do it again
+
+
+@pytest.mark.parametrize("environ, platform, library", [
+    ({"LD_PRELOAD": "libjemalloc.so.2"}, "linux", LIB),  # the user chose an allocator
+    ({"CIFAR_ALLOCATOR": "system"}, "linux", LIB),  # the user asked for the C library's
+    ({DONE: "1"}, "linux", LIB),
+    ({}, "darwin", LIB),
+    ({}, "linux", None),  # not installed (no library found)
+])
+def test_leaves_the_process_alone(environ, platform, library, monkeypatch):
+    monkeypatch.setattr(ctypes.util, "find_library", lambda name: None)
+    assert preload_env(environ, platform, library) is None
+
+
+PROBE = ("import sys; sys.path.insert(0, {root!r}); from common.allocator import in_use, reexec_with_tcmalloc; "
+         "reexec_with_tcmalloc(); print(in_use(), sys.argv[1:])")
+
+
+def run_probe(**env: str) -> str:
+    clean = {k: v for k, v in os.environ.items() if k not in ("LD_PRELOAD", DONE)}
+    out = subprocess.run([sys.executable, "-c", PROBE.format(root=str(ROOT)), "a", "b c"], capture_output=True,
+                         text=True, check=True, env={**clean, **env}, timeout=60)
+    assert out.stderr == ""
+    return out.stdout.strip()
+
+
+@pytest.mark.skipif(ctypes.util.find_library("tcmalloc_minimal") is None,
+                    reason="tcmalloc is not installed (scripts/setup.sh installs libtcmalloc-minimal4 where it can)")
+def test_the_process_re_executes_itself_on_tcmalloc_with_the_same_arguments():
+    assert run_probe() == "tcmalloc ['a', 'b c']"
+    assert run_probe(CIFAR_ALLOCATOR="system") == "system ['a', 'b c']"
