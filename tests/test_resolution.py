@@ -47,29 +47,12 @@ def test_downscale_averages_the_pixels_it_covers_and_keeps_the_memory_format():
     assert downscale(x, 8) is x
 
 
-def test_a_run_feeds_its_model_the_scheduled_sizes_and_scores_the_test_set_at_full_size(prepared_dir, tmp_path,
-                                                                                        monkeypatch):
+def test_a_run_trains_at_the_scheduled_sizes_and_resumes_across_a_change_of_size_bit_identically(
+        prepared_dir, tmp_path, monkeypatch):
+    """The uninterrupted run feeds its model 16 px, then the ramp's 24, then 32, and scores the test
+    set at 32; stopped after step 1 of epoch 2 and resumed, it ends with the same metrics and
+    weights, since the side depends on the epoch alone."""
     import models.resnet as resnet
-
-    sizes: list[tuple[bool, int]] = []
-    real_forward = resnet.ResNet.forward
-
-    def recording_forward(self, x):
-        sizes.append((self.training, x.shape[-1]))
-        return real_forward(self, x)
-
-    monkeypatch.setattr(resnet.ResNet, "forward", recording_forward)
-    cfg = tiny_config(prepared_dir, tmp_path / "r", epochs=3)
-    cfg.augment.min_res, cfg.augment.res_ramp_start, cfg.augment.res_ramp_end = 16, 1, 3
-    run_train(cfg)
-    trained = [side for training, side in sizes if training]
-    assert trained == [16, 16, 24, 24, 32, 32]  # 2 steps an epoch: 16, then the ramp's midpoint, then full
-    assert {side for training, side in sizes if not training} == {32}
-
-
-def test_mid_epoch_resume_across_a_change_of_size_is_bit_identical(prepared_dir, tmp_path, monkeypatch):
-    """Stopped after step 1 of epoch 2 (epoch 1 at 16 px, epoch 2 at 24), resumed: the uninterrupted
-    run's metrics and weights, since the side depends on the epoch alone."""
     import training.epoch as epoch_module
     import training.fit as fit_module
     from training.epoch import Interrupted
@@ -79,7 +62,18 @@ def test_mid_epoch_resume_across_a_change_of_size_is_bit_identical(prepared_dir,
         cfg.augment.min_res, cfg.augment.res_ramp_start, cfg.augment.res_ramp_end = 16, 1, 3
         return cfg
 
+    sizes: list[tuple[bool, int]] = []
+    real_forward = resnet.ResNet.forward
+
+    def recording_forward(self, x):
+        sizes.append((self.training, x.shape[-1]))
+        return real_forward(self, x)
+
+    monkeypatch.setattr(resnet.ResNet, "forward", recording_forward)
     reference = run_train(config(tmp_path / "ref")).run
+    monkeypatch.undo()
+    assert [side for training, side in sizes if training] == [16, 16, 24, 24, 32, 32]  # 2 steps an epoch
+    assert {side for training, side in sizes if not training} == {32}
     stoppers: list = []
 
     class RecordedStopper(epoch_module.Stopper):
