@@ -104,10 +104,14 @@ FLAGS: tuple[Flag, ...] = (
     Flag("border", ("augment", "border"), str | None,
          "Outside the image, pad+crop and rotation see: constant (--fill) or reflect (reflect-101)."),
     Flag("min_res", ("augment", "min_res"), int | None,
-         "Progressive resizing: train epochs 1 to --res-ramp-start on images downscaled to this many pixels a side, "
-         "then ramp linearly to full size at --res-ramp-end (0 = off; the test set is always scored at full size)."),
-    Flag("res_ramp_start", ("augment", "res_ramp_start"), int | None, "Last epoch trained at --min-res."),
-    Flag("res_ramp_end", ("augment", "res_ramp_end"), int | None, "Epoch from which training is at full size again (the ramp, rounded to multiples of 4 pixels, may get there sooner)."),
+         "Progressive resizing: train the first --res-ramp-start of the epochs on images downscaled to this many "
+         "pixels a side, then ramp linearly to full size at --res-ramp-end (0 = off; the test set is always scored "
+         "at full size)."),
+    Flag("res_ramp_start", ("augment", "res_ramp_start"), float | None,
+         "Fraction of the epochs trained at --min-res (rounded to whole epochs)."),
+    Flag("res_ramp_end", ("augment", "res_ramp_end"), float | None,
+         "Fraction of the epochs after which training is at full size (the ramp, rounded to multiples of 4 pixels, "
+         "may get there sooner)."),
     Flag("subset", ("data", "subset"), int | None, "Train on the first N training images only."),
     Flag("val", ("data", "val"), int | None,
          "Training images held out as a class-stratified validation split (from --seed); the plateau scheduler "

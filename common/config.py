@@ -61,19 +61,21 @@ class AugmentConfig:
     # (reflect-101, OpenCV's BORDER_REFLECT_101: albumentations' default, the original assignment's).
     # Cutout always paints `fill`.
     border: str = "constant"
-    # Progressive resizing (training/resolution.py): epochs 1…res_ramp_start train on images
-    # downscaled to min_res pixels a side, epochs from res_ramp_end on at full size, those between
-    # on a linear ramp rounded to multiples of 4 (which may reach full size sooner). 0 = off.
+    # Progressive resizing (training/resolution.py): the first res_ramp_start of the epochs train
+    # on images downscaled to min_res pixels a side, those from res_ramp_end of them on at full
+    # size, those between on a linear ramp rounded to multiples of 4 (which may reach full size
+    # sooner). Fractions of the run's epochs, so --epochs N stretches it as it does the lr schedule.
+    # min_res 0 = off.
     min_res: int = 0
-    res_ramp_start: int = 0
-    res_ramp_end: int = 0
+    res_ramp_start: float = 0.0
+    res_ramp_end: float = 0.0
 
     def validate(self) -> None:
         if self.min_res != 0 and not 8 <= self.min_res <= 4096:
             raise UserError(f"--min-res must be 0 (off) or a side of at least 8 pixels, got {self.min_res}")
-        if self.min_res and not 0 <= self.res_ramp_start < self.res_ramp_end <= MAX_EPOCHS:
-            raise UserError("--res-ramp-start and --res-ramp-end must be epochs with 0 <= start < end "
-                            f"(at most {MAX_EPOCHS:,}), got {self.res_ramp_start} and {self.res_ramp_end}")
+        if self.min_res and not 0.0 <= self.res_ramp_start < self.res_ramp_end <= 1.0:
+            raise UserError("--res-ramp-start and --res-ramp-end must be fractions of the run's epochs with "
+                            f"0 <= start < end <= 1, got {self.res_ramp_start} and {self.res_ramp_end}")
         if not 0 <= self.pad <= 16:
             raise UserError(f"--pad must be between 0 and 16, got {self.pad}")
         for name in ("flip_p", "cutout_p"):
@@ -350,7 +352,7 @@ def _fast(cfg: TrainConfig) -> TrainConfig:
     with weight-standardized convs (`--weight-std`: same parameters, +1.9 points after 15 epochs,
     measured; `--no-weight-std` trains the plain convs): a one-cycle per-step schedule, Nesterov
     SGD, decay on weights only, label smoothing, flip + pad-4 crop and no cutout, progressive
-    resizing (epochs 1-5 on images downscaled to 24 px, 28 px for epochs 6-7, full size from epoch
+    resizing (of 15 epochs, 1-5 on images downscaled to 24 px, 6-7 at 28 px, full size from epoch
     8; `--min-res 0` turns it off), trained on all 50,000 images and reported at its last epoch
     (a fixed schedule decides nothing, so no validation split is held out). For the same reason
     the test set is scored only at the last epoch on every device (`--test-every needed`; on a CPU
@@ -374,7 +376,7 @@ def _fast(cfg: TrainConfig) -> TrainConfig:
     cfg.augment.flip = True
     cfg.augment.rotate = False
     cfg.augment.cutout, cfg.augment.cutout_size, cfg.augment.cutout_p = False, 8, 1.0
-    cfg.augment.min_res, cfg.augment.res_ramp_start, cfg.augment.res_ramp_end = 24, 5, 9
+    cfg.augment.min_res, cfg.augment.res_ramp_start, cfg.augment.res_ramp_end = 24, 5 / 15, 9 / 15
     cfg.run.test_every = "needed"
     cfg.run.tta, cfg.run.tta_shift = True, 1
     cfg.recipe = "fast"

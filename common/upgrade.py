@@ -13,6 +13,10 @@ upgraded record.
 | loader                     | "ffcv": the only data path then                                      |
 | precision                  | --amp had no CPU meaning (amp=True meant "on CUDA only"): a run      |
 |                            | written on a CPU keeps training in fp32 (train.run.amp = false)      |
+
+One field changed meaning: train.augment.res_ramp_start/_end were epochs in the first runs with
+progressive resizing (a value above 1) and are fractions of train.optim.epochs now; such a record
+is divided by its epochs, which gives the same epochs back.
 """
 
 from __future__ import annotations
@@ -35,4 +39,9 @@ def upgrade_config(raw: dict[str, Any]) -> dict[str, Any]:
     config.setdefault("loader", "ffcv")
     if "precision" not in config and str(config.get("device", "CPU")).startswith("CPU"):
         train["run"]["amp"] = False
+    augment, epochs = train.get("augment"), train.get("optim", {}).get("epochs")
+    if isinstance(augment, dict) and isinstance(epochs, int) and epochs > 0 and augment.get("min_res") \
+            and isinstance(augment.get("res_ramp_end"), int | float) and augment["res_ramp_end"] > 1:
+        for key in ("res_ramp_start", "res_ramp_end"):
+            augment[key] = augment.get(key, 0) / epochs
     return config

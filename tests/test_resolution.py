@@ -9,25 +9,34 @@ import torch
 from common.config import AugmentConfig, TrainConfig, apply_recipe
 from common.errors import UserError
 from common.rundir import RunDir
+from common.upgrade import upgrade_config
 from tests.test_train import metrics_without_timing, run_train, tiny_config
 from training.resolution import downscale, resolution_at
 
 
 def test_the_fast_recipe_trains_five_epochs_at_24_then_ramps_to_32_by_epoch_9():
     augment = apply_recipe(TrainConfig(), "fast").augment
-    assert [resolution_at(augment, e, 32) for e in range(15)] == [24] * 5 + [28, 28] + [32] * 8
+    assert [resolution_at(augment, e, 32, 15) for e in range(15)] == [24] * 5 + [28, 28] + [32] * 8
+
+
+def test_the_ramp_stretches_with_the_epochs_and_a_short_run_ends_at_full_size():
+    augment = apply_recipe(TrainConfig(), "fast").augment
+    assert [resolution_at(augment, e, 32, 5) for e in range(5)] == [24, 24, 32, 32, 32]
+    assert resolution_at(augment, 0, 32, 1) == 32
+    long = [resolution_at(augment, e, 32, 40) for e in range(40)]
+    assert long[:13] == [24] * 13 and long[23:] == [32] * 17 and long == sorted(long)
 
 
 def test_off_or_not_smaller_than_the_images_means_full_size():
-    assert all(resolution_at(AugmentConfig(), e, 32) == 32 for e in range(20))
-    big = AugmentConfig(min_res=32, res_ramp_start=3, res_ramp_end=6)
-    assert all(resolution_at(big, e, 32) == 32 for e in range(10))
-    assert resolution_at(big, 0, 64) == 32  # larger images: the same rule, relative to their size
+    assert all(resolution_at(AugmentConfig(), e, 32, 20) == 32 for e in range(20))
+    big = AugmentConfig(min_res=32, res_ramp_start=0.3, res_ramp_end=0.6)
+    assert all(resolution_at(big, e, 32, 10) == 32 for e in range(10))
+    assert resolution_at(big, 0, 64, 10) == 32  # larger images: the same rule, relative to their size
 
 
 def test_the_ramp_rounds_to_multiples_of_four_and_never_leaves_the_bounds():
-    augment = AugmentConfig(min_res=8, res_ramp_start=2, res_ramp_end=8)
-    sides = [resolution_at(augment, e, 32) for e in range(10)]
+    augment = AugmentConfig(min_res=8, res_ramp_start=0.2, res_ramp_end=0.8)
+    sides = [resolution_at(augment, e, 32, 10) for e in range(10)]
     assert sides == [8, 8, 12, 16, 20, 24, 28, 32, 32, 32]  # 8 + (n - 2) × 4 pixels on the ramp
     assert sides == sorted(sides) and all(s % 4 == 0 for s in sides)
 
@@ -59,7 +68,7 @@ def test_a_run_trains_at_the_scheduled_sizes_and_resumes_across_a_change_of_size
 
     def config(run):
         cfg = tiny_config(prepared_dir, run, epochs=3, schedule="onecycle")
-        cfg.augment.min_res, cfg.augment.res_ramp_start, cfg.augment.res_ramp_end = 16, 1, 3
+        cfg.augment.min_res, cfg.augment.res_ramp_start, cfg.augment.res_ramp_end = 16, 1 / 3, 1.0
         return cfg
 
     sizes: list[tuple[bool, int]] = []
@@ -104,10 +113,19 @@ def test_a_run_trains_at_the_scheduled_sizes_and_resumes_across_a_change_of_size
 
 @pytest.mark.parametrize("fields, words", [
     ({"min_res": 4}, ["--min-res", "at least 8"]),
-    ({"min_res": 24, "res_ramp_start": 5, "res_ramp_end": 5}, ["--res-ramp-start", "start < end"]),
-    ({"min_res": 24, "res_ramp_start": -1, "res_ramp_end": 3}, ["--res-ramp-start"]),
+    ({"min_res": 24, "res_ramp_start": 0.5, "res_ramp_end": 0.5}, ["--res-ramp-start", "start < end"]),
+    ({"min_res": 24, "res_ramp_start": -0.1, "res_ramp_end": 0.6}, ["--res-ramp-start"]),
+    ({"min_res": 24, "res_ramp_start": 0.3, "res_ramp_end": 9}, ["fractions of the run's epochs"]),
 ])
 def test_bad_settings_are_refused_in_one_sentence(fields, words):
     with pytest.raises(UserError) as err:
         AugmentConfig(**fields).validate()
     assert all(w in str(err.value) for w in words)
+
+
+def test_a_first_resizing_run_recorded_in_epochs_reads_as_the_same_fractions():
+    """The first runs with resizing (this session's timed one among them) stored the ramp in epochs."""
+    old = {"train": {"augment": {"min_res": 24, "res_ramp_start": 5, "res_ramp_end": 9}, "optim": {"epochs": 15}}}
+    cfg = TrainConfig.from_dict(upgrade_config(old)["train"])
+    assert [resolution_at(cfg.augment, e, 32, 15) for e in range(15)] == [24] * 5 + [28, 28] + [32] * 8
+    cfg.validate()

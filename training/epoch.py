@@ -196,7 +196,7 @@ def train_epoch(session: Session, epoch: int, loader: SplitLoader, progress: Pro
             # forward and backward (on images downscaled in an early epoch of progressive resizing),
             # under autocast where the device trains in mixed precision
             x = setup.batch(x)
-            x = downscale(x, resolution_at(session.augment, epoch, x.shape[-1]))
+            x = downscale(x, resolution_at(session.augment, epoch, x.shape[-1], session.optim.epochs))
             with setup.autocast():
                 logits = parts.step(x)
                 loss = parts.criterion(logits, y)

@@ -216,7 +216,7 @@ def _header(run: RunDir, cfg: TrainConfig, setup: Any, ctx: Any, loaders: Any, s
             f"{loaders.train.info.count:,} train / {loaders.test.info.count:,} test images"
             + _decides(cfg, loaders.val)
             + f", {steps} steps/epoch of "
-            f"{cfg.optim.batch_size}, epochs {start}-{cfg.optim.epochs}{partial}{describe_resolution(cfg.augment)}; "
+            f"{cfg.optim.batch_size}, epochs {start}-{cfg.optim.epochs}{partial}{describe_resolution(cfg.augment, cfg.optim.epochs)}; "
             f"{loaders.kind} loader "
             f"({loaders.reason}){note}")
 

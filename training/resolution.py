@@ -24,22 +24,28 @@ from common.config import AugmentConfig
 MULTIPLE = 4  # sides are rounded to a multiple of this (FFCV rounds to 32 for ImageNet's 160-192 pixels)
 
 
-def resolution_at(augment: AugmentConfig, epoch: int, full: int) -> int:
-    """The side to train epoch `epoch` (0-based) at, for images `full` pixels on a side.
+def ramp_epochs(augment: AugmentConfig, epochs: int) -> tuple[int, int]:
+    """The ramp's fractions as 1-based epochs of a run of `epochs`: (last at `min_res`, first at
+    full size), each rounded to the nearest whole epoch (1/3 and 3/5 of 15 epochs: 5 and 9)."""
+    return round(augment.res_ramp_start * epochs), round(augment.res_ramp_end * epochs)
 
-    With `min_res` 0 (off) or at least `full`: `full`. Otherwise epochs 1…`res_ramp_start`
-    (1-based, as the epoch lines count) train at `min_res`, epochs from `res_ramp_end` on at `full`,
-    and those between at the linear interpolation, rounded to the nearest multiple of 4 (halves up).
+
+def resolution_at(augment: AugmentConfig, epoch: int, full: int, epochs: int) -> int:
+    """The side to train epoch `epoch` (0-based) of `epochs` at, for images `full` pixels on a side.
+
+    With `min_res` 0 (off) or at least `full`: `full`. Otherwise epochs 1…start (1-based, as the
+    epoch lines count; `ramp_epochs`) train at `min_res`, epochs from end on at `full`, and those
+    between at the linear interpolation, rounded to the nearest multiple of 4 (halves up).
     """
     if augment.min_res <= 0 or augment.min_res >= full:
         return full
+    start, end = ramp_epochs(augment, epochs)
     n = epoch + 1
-    if n <= augment.res_ramp_start:
+    if n <= start:
         return augment.min_res
-    if n >= augment.res_ramp_end:
+    if n >= end:
         return full
-    frac = (n - augment.res_ramp_start) / (augment.res_ramp_end - augment.res_ramp_start)
-    side = augment.min_res + frac * (full - augment.min_res)
+    side = augment.min_res + (n - start) / (end - start) * (full - augment.min_res)
     return min(full, max(augment.min_res, MULTIPLE * math.floor(side / MULTIPLE + 0.5)))
 
 
@@ -53,9 +59,9 @@ def downscale(x: torch.Tensor, side: int) -> torch.Tensor:
     return out.contiguous(memory_format=fmt)
 
 
-def describe(augment: AugmentConfig) -> str:
+def describe(augment: AugmentConfig, epochs: int) -> str:
     """The schedule in words for the run's header ("" when off)."""
     if augment.min_res <= 0:
         return ""
-    return (f"; progressive resizing: {augment.min_res} px a side up to epoch {augment.res_ramp_start}, "
-            f"full size by epoch {augment.res_ramp_end}")
+    start, end = ramp_epochs(augment, epochs)
+    return f"; progressive resizing: {augment.min_res} px a side up to epoch {start}, full size by epoch {end}"
