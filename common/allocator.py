@@ -2,9 +2,9 @@
 
 A CPU training step allocates and frees the same large tensors every step (a layer-1 activation
 of a batch of 256 in bf16 is 32 MiB). glibc's malloc serves blocks that large with mmap and hands
-them back on free, so each step page-faults them in again: ≈ 100,000 faults a step and ≈ 10% of
-its CPU time in the kernel. tcmalloc keeps freed memory for reuse (measured in
-docs/BENCHMARKS.md, "The allocator": `python cli.py bench train` times both). A process cannot
+them back on free, so each step page-faults them in again, paying for it in kernel time.
+tcmalloc keeps freed memory for reuse (the faults and the speed of both: docs/BENCHMARKS.md, "The
+allocator"; `python cli.py bench train` times both). A process cannot
 change its allocator once running, so `cli.py` re-executes itself once with tcmalloc in
 LD_PRELOAD, as PyTorch's CPU launcher (`torch.backends.xeon.run_cpu --enable-tcmalloc`) does. It
 leaves the process alone off Linux, where tcmalloc is not installed (`scripts/setup.sh` installs

@@ -57,7 +57,7 @@ fi
 # --- (a3) tcmalloc, the allocator cli.py runs on where it is installed (optional: never fails set-up)
 # CPU training steps page-fault their freed activations back in under glibc's malloc; tcmalloc keeps
 # them (common/allocator.py; docs/BENCHMARKS.md, "The allocator").
-if ldconfig -p 2>/dev/null | grep -q libtcmalloc_minimal.so.4; then
+if ldconfig -p 2>/dev/null | grep libtcmalloc_minimal.so.4 >/dev/null; then
     say "tcmalloc present (cli.py runs on it)"
 elif [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null 2>&1; then
     say "installing tcmalloc (libtcmalloc-minimal4: cli.py runs on it)"

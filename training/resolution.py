@@ -1,9 +1,10 @@
 """Progressive resizing: early epochs train on downscaled images, later ones at full size.
 
 A convolution's cost grows with the image's area, so an epoch on smaller images costs less (by
-less than the area, as a step also has parts that do not shrink: `bench train --sides`). FFCV's ImageNet recipes train most epochs at a lower resolution and
-ramp it up to the full one before the end (`get_resolution`: a linear ramp between two epochs,
-rounded); this is the same rule for small images. The test set is always scored at full size:
+less than the area, as a step also has parts that do not shrink: `bench train --sides`). FFCV's
+ImageNet recipes train most epochs at a lower resolution and ramp it up to the full one before the
+end (`get_resolution`: a linear ramp between two epochs, rounded); this is the same rule for small
+images, with the two epochs given as fractions of the run so that `--epochs N` stretches it. The test set is always scored at full size:
 the last epochs, at full size, adapt the model to it, and the LayerNorm main path's statistics
 are per image, so they do not depend on the size trained at.
 
