@@ -10,7 +10,7 @@ from common.config import AugmentConfig, TrainConfig, apply_recipe
 from common.errors import UserError
 from common.rundir import RunDir
 from common.upgrade import upgrade_config
-from tests.test_train import metrics_without_timing, run_train, tiny_config
+from tests.test_train import metrics_without_timing, run_train, signal_after_steps, tiny_config
 from training.resolution import downscale, resolution_at
 
 
@@ -62,8 +62,6 @@ def test_a_run_trains_at_the_scheduled_sizes_and_resumes_across_a_change_of_size
     set at 32; stopped after step 1 of epoch 2 and resumed, it ends with the same metrics and
     weights, since the side depends on the epoch alone."""
     import models.resnet as resnet
-    import training.epoch as epoch_module
-    import training.fit as fit_module
     from training.epoch import Interrupted
 
     def config(run):
@@ -83,23 +81,7 @@ def test_a_run_trains_at_the_scheduled_sizes_and_resumes_across_a_change_of_size
     monkeypatch.undo()
     assert [side for training, side in sizes if training] == [16, 16, 24, 24, 32, 32]  # 2 steps an epoch
     assert {side for training, side in sizes if not training} == {32}
-    stoppers: list = []
-
-    class RecordedStopper(epoch_module.Stopper):
-        def __init__(self, log):
-            super().__init__(log)
-            stoppers.append(self)
-
-    real_step, steps = epoch_module._optimizer_step, []
-
-    def step_then_signal(parts, factor):
-        real_step(parts, factor)
-        steps.append(1)
-        if len(steps) == 3:
-            stoppers[-1].requested = "SIGTERM"
-
-    monkeypatch.setattr(fit_module, "Stopper", RecordedStopper)
-    monkeypatch.setattr(epoch_module, "_optimizer_step", step_then_signal)
+    signal_after_steps(monkeypatch, 3)  # the first step of epoch 2
     cut = tmp_path / "cut"
     with pytest.raises(Interrupted, match="stopped in epoch 2 after step 1"):
         run_train(config(cut))

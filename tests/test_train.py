@@ -49,6 +49,32 @@ def metrics_without_timing(run: RunDir) -> list[dict]:
     return [{k: (None if v != v else v) for k, v in row.items() if k not in TIMING} for row in run.read_metrics()]
 
 
+def signal_after_steps(monkeypatch, n: int) -> None:
+    """Make the next training in this process receive a SIGTERM request right after its `n`-th
+    optimizer step (as the signal handler would set it), so it stops at that step boundary and
+    saves its mid-epoch state. `monkeypatch.undo()` restores the real Stopper and step."""
+    import training.epoch as epoch_module
+    import training.fit as fit_module
+
+    stoppers: list = []
+
+    class RecordedStopper(epoch_module.Stopper):
+        def __init__(self, log):
+            super().__init__(log)
+            stoppers.append(self)
+
+    real_step, steps = epoch_module._optimizer_step, []
+
+    def step_then_signal(parts, factor):
+        real_step(parts, factor)
+        steps.append(1)
+        if len(steps) == n:
+            stoppers[-1].requested = "SIGTERM"
+
+    monkeypatch.setattr(fit_module, "Stopper", RecordedStopper)
+    monkeypatch.setattr(epoch_module, "_optimizer_step", step_then_signal)
+
+
 @pytest.fixture(scope="module")
 def full_run(tmp_path_factory, prepared_dir):
     out = tmp_path_factory.mktemp("runs") / "full"
@@ -221,29 +247,11 @@ def test_bf16_divergence_stops_with_a_clear_message(prepared_dir, tmp_path):
 def test_onecycle_with_ema_resumes_mid_epoch_bit_identically(prepared_dir, tmp_path, monkeypatch):
     """A stop after step 1 of epoch 2 (of 2 × 2 steps) and a resume give the uninterrupted run's
     metrics, weights, EMA weights and lr, with the per-step schedule and the EMA in the checkpoint."""
-    import training.epoch as epoch_module
-    import training.fit as fit_module
     from training.epoch import Interrupted
 
     fast = {"schedule": "onecycle", "ema": 0.5, "nesterov": True, "decay_all": False, "label_smoothing": 0.1}
     reference = run_train(tiny_config(prepared_dir, tmp_path / "ref", epochs=2, **fast)).run
-    stoppers: list = []
-
-    class RecordedStopper(epoch_module.Stopper):
-        def __init__(self, log):
-            super().__init__(log)
-            stoppers.append(self)
-
-    real_step, steps = epoch_module._optimizer_step, []
-
-    def step_then_signal(parts, factor):
-        real_step(parts, factor)
-        steps.append(1)
-        if len(steps) == 3:  # the first step of epoch 2
-            stoppers[-1].requested = "SIGTERM"
-
-    monkeypatch.setattr(fit_module, "Stopper", RecordedStopper)
-    monkeypatch.setattr(epoch_module, "_optimizer_step", step_then_signal)
+    signal_after_steps(monkeypatch, 3)  # the first step of epoch 2
     cut = tmp_path / "cut"
     with pytest.raises(Interrupted, match="stopped in epoch 2 after step 1"):
         run_train(tiny_config(prepared_dir, cut, epochs=2, **fast))
