@@ -9,11 +9,12 @@ per-step cost is the ratio printed beside it.
 
 from __future__ import annotations
 
+import functools
 import os
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 import torch.nn.functional as F
@@ -21,6 +22,8 @@ import torch.nn.functional as F
 from common.config import AugmentConfig, ModelConfig
 from models import build_model
 from training.device import DeviceSetup, resolve_device
+
+R = TypeVar("R")
 
 
 def _steps_rate(batches: Iterable, setup: DeviceSetup, warmup: int, steps: int, norm: str,
@@ -91,9 +94,9 @@ def bench_train(data_dir: str | Path = "data", batch_size: int = 128, steps: int
     log(f"    (b) in {fmt} instead:                 {rate_b_other:>9,.1f} img/s")
     # Plain and weight-standardized steps alternated, best of two each: one row after another
     # drifted by up to 9% with the host's pace (docs/BENCHMARKS.md, "Weight Standardization").
-    pairs = [tuple(_steps_rate(_synthetic(batch_size, setup.device), setup, warmup, steps, norm, weight_std=ws)
-                   for ws in (False, True)) for _ in range(2)]
-    rate_plain, rate_b_ws = max(p[0] for p in pairs), max(p[1] for p in pairs)
+    rate_plain, rate_b_ws = _alternated_best(
+        [functools.partial(_steps_rate, _synthetic(batch_size, setup.device), setup, warmup, steps, norm, weight_std=ws)
+         for ws in (False, True)])
     log(f"    (b) with --weight-std convs:                {rate_b_ws:>9,.1f} img/s "
         f"({rate_b_ws / rate_plain:.2f}x of plain convs' {rate_plain:,.1f}, alternated, best of 2 each)")
 
@@ -122,12 +125,26 @@ def bench_train(data_dir: str | Path = "data", batch_size: int = 128, steps: int
     precision = _precision_grid(setup, batch_size, warmup, steps, norm, epoch_images, log) if precisions else []
     by_side = _side_rates(setup, batch_size, warmup, steps, norm, sides, log) if sides else []
     allocators = _allocator_rates(setup, batch_size, warmup, steps, norm, log) if setup.device.type == "cpu" else {}
-    return {"allocators": allocators, "by_side": by_side, "benchmark": "train", "device": setup.describe(), "data": what, "batch_size": batch_size,
-            "steps": steps, "loader_img_s": rate_a, "model_only_img_s": rate_b,
+    return {"benchmark": "train", "device": setup.describe(), "data": what, "batch_size": batch_size,
+            "allocators": allocators, "by_side": by_side, "steps": steps, "loader_img_s": rate_a, "model_only_img_s": rate_b,
             "model_only_other_format_img_s": rate_b_other, "other_format": fmt,
             "model_only_weight_std_img_s": rate_b_ws, "weight_std_ratio": rate_b_ws / rate_plain, "baseline_img_s": rate_c,
             "ratio": rate_a / rate_b, "ratio_vs_baseline": rate_a / rate_c, "precision_grid": precision,
             "machine": machine()}
+
+
+def _alternated_best(measures: Sequence[Callable[[], R]], rounds: int = 2,
+                     key: Callable[[R], Any] = lambda result: result) -> list[R]:
+    """Each measure's best result (the highest `key`) over `rounds` rounds of all of them in turn:
+    alternating keeps the host's drift from favouring whichever variant ran at a faster moment."""
+    best: list[R | None] = [None] * len(measures)
+    for _ in range(rounds):
+        for i, measure in enumerate(measures):
+            result = measure()
+            current = best[i]
+            if current is None or key(result) > key(current):
+                best[i] = result
+    return [b for b in best if b is not None]
 
 
 def _allocator_rates(setup: DeviceSetup, batch_size: int, warmup: int, steps: int, norm: str,
@@ -143,12 +160,11 @@ def _allocator_rates(setup: DeviceSetup, batch_size: int, warmup: int, steps: in
         log("(f) allocator: tcmalloc is not installed here (scripts/setup.sh installs libtcmalloc-minimal4); not timed")
         return {}
     log("(f) allocator, model-only steps in fresh processes, alternated, best of 2:")
-    best: dict[str, tuple[float, float, int, float]] = {}
-    for _ in range(2):
-        for name, env in (("system", system), ("tcmalloc", tcmalloc)):
-            row = _isolated_rate(setup, setup.amp_dtype, batch_size, warmup, steps, norm, False, weight_std=True, env=env)
-            if name not in best or row[0] > best[name][0]:
-                best[name] = row
+    names = ("system", "tcmalloc")
+    rows = _alternated_best([functools.partial(_isolated_rate, setup, setup.amp_dtype, batch_size, warmup, steps, norm,
+                                               False, weight_std=True, env=env) for env in (system, tcmalloc)],
+                            key=lambda row: row[0])
+    best = dict(zip(names, rows))
     for name, (rate, _, faults, kernel_s) in best.items():
         log(f"    {name:<9} {rate:>8,.1f} img/s  {faults / (warmup + steps):>9,.0f} page faults/step  "
             f"{kernel_s:5.2f} s of CPU in the kernel")
@@ -177,9 +193,9 @@ def _side_rates(setup: DeviceSetup, batch_size: int, warmup: int, steps: int, no
     rows: list[dict[str, Any]] = []
     log("(e) model-only steps by image side (weight-standardized convs), against 32 px, alternated, best of 2:")
     for side in sides:
-        pairs = [tuple(_steps_rate(_synthetic(batch_size, setup.device, s), setup, warmup, steps, norm, weight_std=True)
-                       for s in (32, side)) for _ in range(2)]
-        full, small = max(p[0] for p in pairs), max(p[1] for p in pairs)
+        full, small = _alternated_best(
+            [functools.partial(_steps_rate, _synthetic(batch_size, setup.device, s), setup, warmup, steps, norm,
+                               weight_std=True) for s in (32, side)])
         rows.append({"side": side, "img_s": small, "full_img_s": full, "ratio": small / full,
                      "area_ratio": (32 / side) ** 2})
         log(f"    {side:>3} px: {small:>8,.1f} img/s against {full:,.1f} at 32 px: {small / full:.2f}x "

@@ -356,9 +356,9 @@ def _fast(cfg: TrainConfig) -> TrainConfig:
     8; `--min-res 0` turns it off), trained on all 50,000 images and reported at its last epoch
     (a fixed schedule decides nothing, so no validation split is held out). For the same reason
     the test set is scored only at the last epoch on every device (`--test-every needed`; on a CPU
-    a test pass is a sixth of an epoch): `--test-every epoch` draws the per-epoch test curve. That pass also scores TTA with 1-pixel
-    shifts (`--tta --tta-shift 1`, airbench's six views), reported beside the plain accuracy: TTA
-    helped every model measured. `--cutout` turns on the 8-pixel cutout the recipe had before
+    a test pass is a sixth of an epoch): `--test-every epoch` draws the per-epoch test curve. That
+    pass also scores TTA with 1-pixel shifts (`--tta --tta-shift 1`, airbench's six views),
+    reported beside the plain accuracy: TTA helped every model measured. `--cutout` turns on the 8-pixel cutout the recipe had before
     full-data runs showed it costs accuracy in 15 epochs. The ablation behind each value is in
     docs/BENCHMARKS.md ("Time to accuracy")."""
     cfg.model.weight_std = True

@@ -12,7 +12,7 @@ import math
 import signal
 import time
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from types import FrameType, TracebackType
 from typing import TYPE_CHECKING, Any, NamedTuple
 
@@ -161,7 +161,7 @@ class Session:
     optim: OptimConfig
     steps: int  # optimizer steps per epoch (after --max-steps)
     stopper: Stopper
-    augment: AugmentConfig = field(default_factory=AugmentConfig)  # its progressive resizing, applied here
+    augment: AugmentConfig  # its progressive resizing is applied here, per step
 
 
 def train_epoch(session: Session, epoch: int, loader: SplitLoader, progress: Progress, partial: Partial | None) -> EpochSums:
