@@ -54,6 +54,16 @@ def read_curve(run: Path) -> tuple[list[int], list[float], list[float], list[flo
     return epochs, test, train, minutes
 
 
+def tta_points(run: Path) -> tuple[list[int], list[float], list[float]]:
+    """Epochs, TTA test accuracy (%) and wall minutes where the run scored its test-time
+    augmentation (`--tta`: the number `--recipe fast` reports, at its last epoch); empty lists for
+    runs without it (older metrics.csv have no `test_acc_tta` column)."""
+    epochs, _, _, minutes = read_curve(run)
+    tta = [100 * r.get("test_acc_tta", math.nan) for r in RunDir(run).read_metrics()]
+    kept = [j for j, acc in enumerate(tta) if math.isfinite(acc)]
+    return [epochs[j] for j in kept], [tta[j] for j in kept], [minutes[j] for j in kept]
+
+
 def label_of(run: Path) -> str:
     """The run's folder name and, where its config names them, its recipe, whether its convs were
     weight-standardized (`--recipe fast` had plain ones before) and its early epochs downscaled
@@ -90,6 +100,10 @@ def main(out: Path, runs: list[Path], lengths: list[Path] | None = None) -> None
         by_epoch.plot([epochs[j] for j in scored], [test[j] for j in scored], "o-", color=color, label=f"{label}: test")
         by_epoch.plot(epochs, train, "o--", color=color, alpha=0.5, label=f"{label}: train (augmented)")
         by_minute.plot([minutes[j] for j in scored], [test[j] for j in scored], "o-", color=color, label=f"{label}: test")
+        tta_epochs, tta, tta_minutes = tta_points(run)
+        if tta:
+            by_epoch.plot(tta_epochs, tta, "*", ms=11, color=color, label=f"{label}: test with its TTA")
+            by_minute.plot(tta_minutes, tta, "*", ms=11, color=color, label=f"{label}: test with its TTA")
         last_epoch = max([last_epoch, *epochs])
     if lengths:
         points = sorted(final_point(run) for run in lengths)

@@ -55,8 +55,15 @@ def test_beside_original_figure_is_drawn_from_runs_metrics_with_minutes(tmp_path
     assert (epochs, test[:2], train, minutes) == ([1, 2, 3], [35.0, 47.0], [30.0, 45.0, 50.0], [5.0, 10.0, 15.0])
     assert math.isnan(test[2])
     assert module.read_curve(old)[3] == [5.0, 10.0]
+    # the accuracy a run reports with its TTA is drawn where it was scored; older runs have no column
+    tta = tmp_path / "tta"
+    tta.mkdir()
+    (tta / "metrics.csv").write_text((new / "metrics.csv").read_text().replace("wall_seconds\n", "wall_seconds,test_acc_tta\n", 1)
+                                     .replace(",,,900\n", ",,,900,0.52\n"))
+    assert module.tta_points(tta) == ([3], [52.0], [15.0])
+    assert module.tta_points(old) == ([], [], [])
     out = tmp_path / "fig" / "tta.png"
-    proc = subprocess.run([sys.executable, "scripts/beside_original.py", str(out), str(new), str(old)], cwd=ROOT,
+    proc = subprocess.run([sys.executable, "scripts/beside_original.py", str(out), str(new), str(old), str(tta)], cwd=ROOT,
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
