@@ -4,7 +4,8 @@ Usage: python scripts/beside_original.py OUT.png RUN_DIR [RUN_DIR ...] [--length
 e.g.   python scripts/beside_original.py docs/images/time_to_accuracy.png runs/fast-s0 runs/assign10 \
            --lengths runs/fast-e15 runs/fast-e20 runs/fast-e30
 
-Each RUN_DIR before `--lengths` is drawn as a curve over its epochs, in both panels. The runs after
+Each RUN_DIR before `--lengths` is drawn as a curve over its epochs, in both panels, with a star
+where it scored its test-time augmentation (`test_acc_tta`: what `--recipe fast` reports). The runs after
 it are one recipe trained for different numbers of epochs (a one-cycle schedule ends at lr 0, so
 each length is its own run, and its epoch-10 accuracy says little about a 10-epoch run): each gives
 one point, its final test accuracy at its last epoch, and the points are joined in the epochs panel

@@ -12,6 +12,10 @@ from models import ResNet18, build_model, count_parameters
 from training.components import build_optimizer
 from training.schedule import build_scheduler
 
+# One torch thread per test process: the suite runs two at once on two cores, and oneDNN's
+# convolutions slow down several-fold when oversubscribed (conftest.one_thread).
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 
 @pytest.mark.parametrize("norm", ["layer", "group", "batch"])
 def test_parameter_count_is_the_cifar_resnet18(norm):
