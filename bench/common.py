@@ -5,14 +5,30 @@ from __future__ import annotations
 import os
 import platform
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
 from common.atomic import write_json
 from pipeline.manifest import MANIFEST
+
+R = TypeVar("R")
+
+
+def alternated_best(measures: Sequence[Callable[[], R]], rounds: int = 2,
+                    key: Callable[[R], Any] = lambda result: result) -> list[R]:
+    """Each measure's best result (the highest `key`) over `rounds` rounds of all of them in turn:
+    alternating keeps the host's drift from favouring whichever variant ran at a faster moment."""
+    best: list[R | None] = [None] * len(measures)
+    for _ in range(rounds):
+        for i, measure in enumerate(measures):
+            result = measure()
+            current = best[i]
+            if current is None or key(result) > key(current):
+                best[i] = result
+    return [b for b in best if b is not None]
 
 
 def machine() -> dict[str, Any]:

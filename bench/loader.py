@@ -17,6 +17,7 @@ recorded; it decides the per-thread scaling (docs/BENCHMARKS.md, issue 17).
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -25,6 +26,7 @@ from typing import Any
 import numba
 import numpy as np
 
+from bench.common import alternated_best, data_or_synthetic, machine, train_images
 from common.config import AugmentConfig
 
 
@@ -70,17 +72,14 @@ def _ffcv_rates(data_dir: Path, batch_size: int, epochs: int, rounds: int, worke
     bare = make_loader(data_dir, "train", batch_size, AugmentConfig.none(), seed=0, workers=workers, copy=False)
     for loader in (full, bare):  # warm-up: one whole epoch (compilation, FFCV's first-epoch set-up)
         _time_epochs(loader, 1)
-    rate_full = rate_bare = 0.0
-    for _ in range(rounds):
-        rate_full = max(rate_full, _time_epochs(full, epochs))
-        rate_bare = max(rate_bare, _time_epochs(bare, epochs))
+    rate_full, rate_bare = alternated_best([functools.partial(_time_epochs, loader, epochs) for loader in (full, bare)],
+                                           rounds)
     return rate_full, rate_bare, full
 
 
 def bench_loader(data_dir: str | Path = "data", batch_size: int = 512, epochs: int = 2,
                  tv_limit: int = 20_000, workers: int | None = None,
                  log: Callable[[str], None] = print, rounds: int = 5, torch_path: bool = True) -> dict[str, Any]:
-    from bench.common import data_or_synthetic, machine, train_images
     from pipeline.numba_threads import prefer_threading_layer
 
     prefer_threading_layer(torch_on_cpu=False)  # the loader alone, as when it feeds a GPU

@@ -12,18 +12,17 @@ from __future__ import annotations
 import functools
 import os
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 
+from bench.common import alternated_best, data_or_synthetic, machine, train_images
 from common.config import AugmentConfig, ModelConfig
 from models import build_model
 from training.device import DeviceSetup, resolve_device
-
-R = TypeVar("R")
 
 
 def _steps_rate(batches: Iterable, setup: DeviceSetup, warmup: int, steps: int, norm: str,
@@ -76,7 +75,6 @@ def bench_train(data_dir: str | Path = "data", batch_size: int = 128, steps: int
                 warmup: int = 2, device: str = "auto", norm: str = "layer", precisions: bool = True,
                 epoch_images: int = 50_000, sides: tuple[int, ...] = (), log: Callable[[str], None] = print
                 ) -> dict[str, Any]:
-    from bench.common import data_or_synthetic, machine, train_images
     from pipeline.ffcv_loader import make_loader
 
     setup = resolve_device(device, norm=norm)  # the memory format `train` would use for this norm
@@ -94,7 +92,7 @@ def bench_train(data_dir: str | Path = "data", batch_size: int = 128, steps: int
     log(f"    (b) in {fmt} instead:                 {rate_b_other:>9,.1f} img/s")
     # Plain and weight-standardized steps alternated, best of two each: one row after another
     # drifted by up to 9% with the host's pace (docs/BENCHMARKS.md, "Weight Standardization").
-    rate_plain, rate_b_ws = _alternated_best(
+    rate_plain, rate_b_ws = alternated_best(
         [functools.partial(_steps_rate, _synthetic(batch_size, setup.device), setup, warmup, steps, norm, weight_std=ws)
          for ws in (False, True)])
     log(f"    (b) with --weight-std convs:                {rate_b_ws:>9,.1f} img/s "
@@ -133,20 +131,6 @@ def bench_train(data_dir: str | Path = "data", batch_size: int = 128, steps: int
             "machine": machine()}
 
 
-def _alternated_best(measures: Sequence[Callable[[], R]], rounds: int = 2,
-                     key: Callable[[R], Any] = lambda result: result) -> list[R]:
-    """Each measure's best result (the highest `key`) over `rounds` rounds of all of them in turn:
-    alternating keeps the host's drift from favouring whichever variant ran at a faster moment."""
-    best: list[R | None] = [None] * len(measures)
-    for _ in range(rounds):
-        for i, measure in enumerate(measures):
-            result = measure()
-            current = best[i]
-            if current is None or key(result) > key(current):
-                best[i] = result
-    return [b for b in best if b is not None]
-
-
 def _allocator_rates(setup: DeviceSetup, batch_size: int, warmup: int, steps: int, norm: str,
                      log: Callable[[str], None]) -> dict[str, Any]:
     """Model-only steps of `--recipe fast`'s model in fresh processes on the C library's malloc and
@@ -161,7 +145,7 @@ def _allocator_rates(setup: DeviceSetup, batch_size: int, warmup: int, steps: in
         return {}
     log("(f) allocator, model-only steps in fresh processes, alternated, best of 2:")
     names = ("system", "tcmalloc")
-    rows = _alternated_best([functools.partial(_isolated_rate, setup, setup.amp_dtype, batch_size, warmup, steps, norm,
+    rows = alternated_best([functools.partial(_isolated_rate, setup, setup.amp_dtype, batch_size, warmup, steps, norm,
                                                False, weight_std=True, env=env) for env in (system, tcmalloc)],
                             key=lambda row: row[0])
     best = dict(zip(names, rows))
@@ -193,7 +177,7 @@ def _side_rates(setup: DeviceSetup, batch_size: int, warmup: int, steps: int, no
     rows: list[dict[str, Any]] = []
     log("(e) model-only steps by image side (weight-standardized convs), against 32 px, alternated, best of 2:")
     for side in sides:
-        full, small = _alternated_best(
+        full, small = alternated_best(
             [functools.partial(_steps_rate, _synthetic(batch_size, setup.device, s), setup, warmup, steps, norm,
                                weight_std=True) for s in (32, side)])
         rows.append({"side": side, "img_s": small, "full_img_s": full, "ratio": small / full,
