@@ -15,14 +15,18 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NoReturn
 
-import typer
-from typer._click.exceptions import NoArgsIsHelpError, UsageError
-from typer.core import TyperGroup
-
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from cli_flags import with_train_flags  # noqa: E402  (typer + config only: --help stays instant)
 from common.allocator import reexec_with_tcmalloc  # noqa: E402  (standard library only)
+
+if __name__ == "__main__":
+    reexec_with_tcmalloc()  # before typer is imported, so the re-executed process alone imports the CLI
+
+import typer  # noqa: E402
+from typer._click.exceptions import NoArgsIsHelpError, UsageError  # noqa: E402
+from typer.core import TyperGroup  # noqa: E402
+
+from cli_flags import with_train_flags  # noqa: E402  (typer + config only: --help stays instant)
 from common.errors import UserError  # noqa: E402  (no heavy imports behind this)
 
 
@@ -460,7 +464,7 @@ def bench_predict_cmd(
 
 
 def main() -> None:
-    reexec_with_tcmalloc()  # once, before anything allocates: steps reuse freed memory (common/allocator.py)
+    reexec_with_tcmalloc()  # once, before anything allocates (a no-op after the re-exec above): common/allocator.py
     app()
 
 

@@ -53,3 +53,17 @@ def run_probe(**env: str) -> str:
 def test_the_process_re_executes_itself_on_tcmalloc_with_the_same_arguments():
     assert run_probe() == "tcmalloc ['a', 'b c']"
     assert run_probe(CIFAR_ALLOCATOR="system") == "system ['a', 'b c']"
+
+
+@pytest.mark.skipif(ctypes.util.find_library("tcmalloc_minimal") is None,
+                    reason="tcmalloc is not installed (scripts/setup.sh installs libtcmalloc-minimal4 where it can)")
+def test_cli_re_executes_before_importing_typer():
+    """`python cli.py …` re-executes itself on tcmalloc before it imports typer, so the CLI's imports
+    run once (in the re-executed process): -X importtime lists common.allocator in both processes
+    and typer in one."""
+    clean = {k: v for k, v in os.environ.items() if k not in ("LD_PRELOAD", DONE)}
+    out = subprocess.run([sys.executable, "-X", "importtime", str(ROOT / "cli.py"), "--help"], capture_output=True,
+                         text=True, check=True, env=clean, timeout=60)
+    imported = [line.rsplit("|", 1)[-1].strip() for line in out.stderr.splitlines() if line.startswith("import time:")]
+    assert imported.count("common.allocator") == 2
+    assert imported.count("typer") == 1
