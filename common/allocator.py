@@ -15,6 +15,7 @@ with CIFAR_ALLOCATOR=system. Only the standard library here: this runs before an
 from __future__ import annotations
 
 import ctypes.util
+import functools
 import os
 import sys
 from collections.abc import Mapping
@@ -39,10 +40,12 @@ def preload_env(environ: Mapping[str, str], platform: str = sys.platform, librar
     return {**environ, "LD_PRELOAD": library, DONE: "1", "TCMALLOC_LARGE_ALLOC_REPORT_THRESHOLD": str(1 << 40)}
 
 
+@functools.cache
 def reexec_with_tcmalloc() -> None:
     """Replace this process by the same command (interpreter options included) with tcmalloc
     preloaded, when `preload_env` says so; otherwise return. The pid stays: torchrun and shells see
-    the same process."""
+    the same process. Decided once per process (cached): `cli.py` asks before importing typer and
+    `cli.main()` again, for callers that import the module, and finding the library runs ldconfig."""
     env = preload_env(os.environ)
     if env is not None:
         os.execve(sys.executable, sys.orig_argv, env)

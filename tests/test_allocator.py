@@ -40,10 +40,14 @@ PROBE = ("import sys; sys.path.insert(0, {root!r}); from common.allocator import
          "reexec_with_tcmalloc(); print(in_use(), sys.argv[1:])")
 
 
+def clean_env() -> dict[str, str]:
+    """This environment as a fresh shell's: no allocator preloaded, no re-exec done."""
+    return {k: v for k, v in os.environ.items() if k not in ("LD_PRELOAD", DONE)}
+
+
 def run_probe(**env: str) -> str:
-    clean = {k: v for k, v in os.environ.items() if k not in ("LD_PRELOAD", DONE)}
     out = subprocess.run([sys.executable, "-c", PROBE.format(root=str(ROOT)), "a", "b c"], capture_output=True,
-                         text=True, check=True, env={**clean, **env}, timeout=60)
+                         text=True, check=True, env={**clean_env(), **env}, timeout=60)
     assert out.stderr == ""
     return out.stdout.strip()
 
@@ -61,9 +65,26 @@ def test_cli_re_executes_before_importing_typer():
     """`python cli.py …` re-executes itself on tcmalloc before it imports typer, so the CLI's imports
     run once (in the re-executed process): -X importtime lists common.allocator in both processes
     and typer in one."""
-    clean = {k: v for k, v in os.environ.items() if k not in ("LD_PRELOAD", DONE)}
     out = subprocess.run([sys.executable, "-X", "importtime", str(ROOT / "cli.py"), "--help"], capture_output=True,
-                         text=True, check=True, env=clean, timeout=60)
+                         text=True, check=True, env=clean_env(), timeout=60)
     imported = [line.rsplit("|", 1)[-1].strip() for line in out.stderr.splitlines() if line.startswith("import time:")]
     assert imported.count("common.allocator") == 2
     assert imported.count("typer") == 1
+
+
+def test_the_decision_is_taken_once_per_process(monkeypatch):
+    """cli.py asks before importing typer and cli.main() asks again: where tcmalloc is absent the
+    second ask must not search for it again (ctypes.util.find_library runs ldconfig)."""
+    import common.allocator as allocator
+
+    searched: list[str] = []
+    monkeypatch.setattr(ctypes.util, "find_library", lambda name: searched.append(name))
+    for name in ("LD_PRELOAD", DONE, "CIFAR_ALLOCATOR"):
+        monkeypatch.delenv(name, raising=False)
+    allocator.reexec_with_tcmalloc.cache_clear()
+    try:
+        allocator.reexec_with_tcmalloc()
+        allocator.reexec_with_tcmalloc()
+    finally:
+        allocator.reexec_with_tcmalloc.cache_clear()
+    assert searched == [allocator.LIBRARY]
