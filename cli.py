@@ -258,12 +258,13 @@ def evaluate(
     data: Path | None = typer.Option(None, help="Folder with test.npz (default: the one the run was trained on)."),
     tta: bool = typer.Option(False, "--tta", help="Test-time augmentation, as the run's test pass scored it: each image and its mirror, and with the run's --tta-shift the shifted views too, logits averaged; the plain accuracy is printed beside it."),
     tta_shift: int | None = typer.Option(None, "--tta-shift", help="Score these shifted views instead of the run's own (0 = flip only, 1 = airbench's six views); implies --tta."),
+    raw_weights: bool = typer.Option(False, "--raw-weights", help="For a run trained with --ema: score the raw weights the optimizer trained instead of their average (recomputed, never saved over the run's predictions)."),
 ) -> None:
     """Overall and per-class test accuracy and a confusion matrix."""
     from cli_analysis import evaluate_command
 
     evaluate_command(run=_one_run(run, run_option), which=which, recompute=recompute, data=data,
-                     tta=tta or tta_shift is not None, tta_shift=tta_shift)
+                     tta=tta or tta_shift is not None, tta_shift=tta_shift, raw_weights=raw_weights)
 
 
 @app.command()

@@ -45,11 +45,13 @@ def explain_command(run: Path | None = None, layer: Sequence[int] = (3,), count:
 
 
 def evaluate_command(run: Path | None = None, which: str = "best", recompute: bool = False, tta: bool = False,
-                     tta_shift: int | None = None, data: Path | None = None, echo: Echo = typer.echo) -> None:
+                     tta_shift: int | None = None, data: Path | None = None, raw_weights: bool = False,
+                     echo: Echo = typer.echo) -> None:
     from analysis.inspection.evaluate import evaluate
 
-    result = evaluate(run, which=which, recompute=recompute, data_dir=data, tta=tta, tta_shift=tta_shift, log=_err)
-    echo(f"run {result.run} · {RunDir(result.run).weights_label(result.which)} · {result.source}")
+    result = evaluate(run, which=which, recompute=recompute, data_dir=data, tta=tta, tta_shift=tta_shift,
+                      raw_weights=raw_weights, log=_err)
+    echo(f"run {result.run} · {RunDir(result.run).weights_label(result.which, raw_weights)} · {result.source}")
     echo(result.table())
     if result.plain_accuracy is not None:
         echo(f"{result.tta_name} {100 * result.accuracy:.2f}% vs {100 * result.plain_accuracy:.2f}% without it "

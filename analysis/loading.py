@@ -114,8 +114,9 @@ def to_model_input(images: np.ndarray, mean: np.ndarray, std: np.ndarray,
     return torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2)))
 
 
-def load_model(inputs: RunInputs):
-    """The run's model in eval mode on the CPU (raises UserError for missing/mismatched weights)."""
+def load_model(inputs: RunInputs, averaged: bool = True):
+    """The run's model in eval mode on the CPU (raises UserError for missing/mismatched weights);
+    `averaged=False`: the raw weights of a run trained with --ema (models/loading.py)."""
     from models.loading import load_run_model
 
-    return load_run_model(inputs.run, inputs.which)
+    return load_run_model(inputs.run, inputs.which, averaged)

@@ -143,10 +143,17 @@ class RunDir:
     def train_config(self) -> TrainConfig:
         return TrainConfig.from_dict(self.read_config().get("train", {}))
 
-    def weights_label(self, which: str) -> str:
+    def weights_label(self, which: str, raw: bool = False) -> str:
         """'best.pt', or 'best.pt (EMA weights)' for a run trained with --ema, whose checkpoints'
-        averaged weights are what its evaluation scored and what the analysis commands load."""
-        return f"{which}.pt" + (" (EMA weights)" if self.train_config().optim.ema > 0 else "")
+        averaged weights are what its evaluation scored and what the analysis commands load;
+        `raw`: its checkpoints' other weights, the ones the optimizer trained (evaluate --raw-weights)."""
+        if not self.has_ema():
+            return f"{which}.pt"
+        return f"{which}.pt ({'raw weights, not the EMA' if raw else 'EMA weights'})"
+
+    def has_ema(self) -> bool:
+        """Whether the run was trained with --ema (its checkpoints hold averaged and raw weights)."""
+        return self.train_config().optim.ema > 0
 
     # ---- metrics -----------------------------------------------------------------------------
     def read_metrics(self) -> list[dict[str, float]]:

@@ -272,6 +272,35 @@ def test_onecycle_with_ema_resumes_mid_epoch_bit_identically(prepared_dir, tmp_p
     assert all(torch.equal(v, a["ema"][k]) for k, v in model.state_dict().items())
     assert reference.weights_label("best") == "best.pt (EMA weights)"
     assert reference.read_summary().decided_on == "last epoch" and reference.read_summary().best_epoch == 2
+    # evaluate --raw-weights scores the weights the optimizer trained, saving nothing over the
+    # average's predictions
+    from analysis.inspection.evaluate import confusion_matrix, evaluate
+    from analysis.loading import load_test_set, open_run, to_model_input
+    from models.resnet import build_model
+
+    saved_predictions = reference.predictions_path("last").read_bytes()
+    raw = evaluate(reference.path, which="last", raw_weights=True)
+    trained = build_model(reference.train_config().model)
+    trained.load_state_dict(a["model"])
+    inputs = open_run(reference.path, "last")
+    images, labels = load_test_set(inputs)
+    with torch.no_grad():
+        logits = trained.eval()(to_model_input(images, inputs.mean, inputs.std))
+    preds, averaged = logits.argmax(1).numpy(), reference.read_predictions("last").preds
+    classes = len(raw.classes)
+    assert (confusion_matrix(labels, preds, classes) != confusion_matrix(labels, averaged, classes)).any()
+    assert (raw.confusion == confusion_matrix(labels, preds, classes)).all()
+    assert raw.source == "recomputed from the raw weights, not the EMA"
+    assert json.loads(raw.json_path.read_text())["weights"] == "raw"
+    assert reference.predictions_path("last").read_bytes() == saved_predictions
+    assert reference.weights_label("last", raw=True) == "last.pt (raw weights, not the EMA)"
+
+
+def test_raw_weights_is_an_error_on_a_run_without_ema(full_run):
+    from analysis.inspection.evaluate import evaluate
+
+    with pytest.raises(UserError, match="trained without --ema, so its only weights are the raw ones"):
+        evaluate(full_run.run.path, raw_weights=True)
 
 
 def test_the_guard_stops_a_finite_blow_up(prepared_dir, tmp_path, monkeypatch):

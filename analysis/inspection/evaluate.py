@@ -16,6 +16,7 @@ from analysis.inspection.test_predictions import get_predictions
 from analysis.loading import load_model, load_test_set, open_run
 from analysis.outputs import AnalysisFiles
 from common.atomic import write_json
+from common.errors import UserError
 from common.rundir import Predictions
 
 Log = Callable[[str], None]
@@ -31,7 +32,7 @@ def confusion_matrix(labels: np.ndarray, preds: np.ndarray, n_classes: int) -> n
 class EvaluationResult:
     run: Path
     which: str
-    source: str  # "saved predictions_best.npz", "recomputed" or "recomputed with <tta_name>"
+    source: str  # "saved predictions_best.npz", "recomputed" or "recomputed with <tta_name>"; "… from the raw weights"
     classes: list[str]
     confusion: np.ndarray  # (K, K) int64, rows = true class
     figure: Path
@@ -75,19 +76,27 @@ class EvaluationResult:
 
 def evaluate(run_dir: str | Path | None = None, which: str = "best", recompute: bool = False,
              data_dir: str | Path | None = None, runs_root: str | Path = "runs", tta: bool = False,
-             tta_shift: int | None = None, log: Log = lambda m: None) -> EvaluationResult:
+             tta_shift: int | None = None, raw_weights: bool = False, log: Log = lambda m: None) -> EvaluationResult:
     """Accuracy table, confusion matrix figure and JSON from saved (or recomputed) predictions.
 
     `tta`: the table, figure and JSON describe test-time-augmentation predictions (always
     computed, never saved over what training recorded): the run's own TTA (its `--tta-shift`, so
     the accuracy is the one training reported) unless `tta_shift` is given; the plain accuracy is
-    reported beside them."""
+    reported beside them.
+
+    `raw_weights`: for a run trained with --ema, score the weights the optimizer trained instead of
+    their average (what timm reports beside its EMA model: did the average help?). Its predictions
+    are always computed and never saved, since the run's saved predictions are the average's."""
     inputs = open_run(run_dir, which, data_dir, runs_root)
+    if raw_weights and not inputs.run.has_ema():
+        raise UserError(f"--raw-weights: run {inputs.run.path} was trained without --ema, so its only weights are "
+                        "the raw ones; drop --raw-weights")
     # Loading the model even when predictions are saved checks that the checkpoint exists and
     # matches config.json, so the numbers always belong to weights that are really there.
-    model = load_model(inputs)
+    model = load_model(inputs, averaged=not raw_weights)
     images, labels = load_test_set(inputs)
-    pred, source = get_predictions(inputs, model, images, labels, recompute=recompute, log=log)
+    pred, source = get_predictions(inputs, model, images, labels, recompute=recompute or raw_weights,
+                                   save_if_missing=not raw_weights, log=log)
     plain = name = None
     if tta:
         from analysis.inspection.test_predictions import predict_probs, tta_views
@@ -104,6 +113,8 @@ def evaluate(run_dir: str | Path | None = None, which: str = "best", recompute: 
         probs = predict_probs(model, images, inputs.mean, inputs.std, tta=views)
         pred = Predictions(labels.astype(np.int64), probs.argmax(1).astype(np.int64), probs)
         source = f"recomputed with {name}"
+    if raw_weights:
+        source += " from the raw weights, not the EMA"
 
     classes = inputs.classes
     cm = confusion_matrix(pred.labels, pred.preds, len(classes))
@@ -114,12 +125,14 @@ def evaluate(run_dir: str | Path | None = None, which: str = "best", recompute: 
     from analysis.figures import plot_confusion_matrix
 
     plot_confusion_matrix(cm, classes, result.figure,
-                          title=f"run {inputs.name}, {inputs.which}.pt{f' + {name}' if name else ''} · accuracy "
+                          title=f"run {inputs.name}, {inputs.which}.pt{' (raw weights)' if raw_weights else ''}"
+                                f"{f' + {name}' if name else ''} · accuracy "
                                 f"{100 * result.accuracy:.2f}% on {result.total:,} test images")
     write_json(result.json_path, {
         "run": str(inputs.run.path), "checkpoint": f"{inputs.which}.pt", "predictions": source,
         "data_dir": str(inputs.data_dir), "test_images": result.total, "correct": result.correct,
         "accuracy": round(result.accuracy, 6), "tta": tta,
+        **({"weights": "raw" if raw_weights else "ema"} if inputs.run.has_ema() else {}),
         **({"tta_views": name} if name else {}),
         **({"accuracy_without_tta": round(plain, 6)} if plain is not None else {}),
         "per_class": {
