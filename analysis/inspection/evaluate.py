@@ -88,7 +88,8 @@ def evaluate(run_dir: str | Path | None = None, which: str = "best", recompute: 
     their average (what timm reports beside its EMA model: did the average help?). Its predictions
     are always computed and never saved, since the run's saved predictions are the average's."""
     inputs = open_run(run_dir, which, data_dir, runs_root)
-    if raw_weights and not inputs.run.has_ema():
+    ema = inputs.run.has_ema()  # reads config.json: once
+    if raw_weights and not ema:
         raise UserError(f"--raw-weights: run {inputs.run.path} was trained without --ema, so its only weights are "
                         "the raw ones; drop --raw-weights")
     # Loading the model even when predictions are saved checks that the checkpoint exists and
@@ -132,7 +133,7 @@ def evaluate(run_dir: str | Path | None = None, which: str = "best", recompute: 
         "run": str(inputs.run.path), "checkpoint": f"{inputs.which}.pt", "predictions": source,
         "data_dir": str(inputs.data_dir), "test_images": result.total, "correct": result.correct,
         "accuracy": round(result.accuracy, 6), "tta": tta,
-        **({"weights": "raw" if raw_weights else "ema"} if inputs.run.has_ema() else {}),
+        **({"weights": "raw" if raw_weights else "ema"} if ema else {}),
         **({"tta_views": name} if name else {}),
         **({"accuracy_without_tta": round(plain, 6)} if plain is not None else {}),
         "per_class": {
